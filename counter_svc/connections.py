@@ -1,0 +1,100 @@
+"""Opening MySQL and Redis: pools created once per process and passed explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+import structlog
+from asyncmy.pool import Pool
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from counter_svc.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+
+
+def mysql_kwargs(settings: Settings, database: str | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "host": settings.mysql_host,
+        "port": settings.mysql_port,
+        "user": settings.mysql_user,
+        "password": settings.mysql_password,
+        "connect_timeout": max(1, round(settings.mysql_timeout_seconds)),
+        "autocommit": True,
+        "charset": "utf8mb4",
+    }
+    if database:
+        kwargs["db"] = database
+    return kwargs
+
+
+async def open_mysql(settings: Settings, *, minsize: int = 1, attempts: int = 1) -> Pool:
+    """A pool on the service database. With `attempts` > 1, retry with a back-off that logs."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return await asyncmy.create_pool(
+                minsize=minsize,
+                maxsize=settings.mysql_pool_size,
+                pool_recycle=300,
+                **mysql_kwargs(settings, settings.mysql_database),
+            )
+        except Exception as e:
+            if attempt == attempts:
+                raise
+            log.warning("mysql_connect_failed", attempt=attempt, retry_in=delay, error=str(e))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A Redis client on a blocking pool: under load callers wait for a connection
+    (bounded by the timeout) instead of failing with 'too many connections'."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        health_check_interval=30,
+        # No automatic retries: a retried INCR whose first reply was lost counts twice.
+        # Clients that need safe retries send an Idempotency-Key.
+        retry=Retry(NoBackoff(), retries=0),
+        **({"password": settings.redis_password} if settings.redis_password else {}),
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+async def migrate(settings: Settings) -> None:
+    """Create the database if it is missing and apply schema.sql (idempotent)."""
+    conn = await asyncmy.connect(**mysql_kwargs(settings))
+    try:
+        async with conn.cursor() as cur:
+            # The name is validated in Settings (letters, digits, '_'), so quoting is safe.
+            await cur.execute(
+                f"CREATE DATABASE IF NOT EXISTS `{settings.mysql_database}` "
+                "DEFAULT CHARACTER SET utf8mb4"
+            )
+            await cur.execute(f"USE `{settings.mysql_database}`")
+            for statement in _statements(SCHEMA_SQL.read_text(encoding="utf-8")):
+                await cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)

@@ -1,0 +1,248 @@
+"""The Redis side of UserCounter: every key name and every Lua script lives here.
+
+Keys are bucketed by `id % buckets` and carry the bucket as a Cluster hash tag
+(`uc:{7}:c:123`), so each script touches one slot and buckets drain in parallel.
+The sync worker imports this module; nothing else spells a key.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+
+class Outcome(IntEnum):
+    """What a counter script found; shared with the Lua code as small integers."""
+
+    OK = 0
+    MISS = 1  # no live counter: the caller must read MySQL and seed
+    GONE = 2  # tombstone: the user was deleted
+    REPLAY = 3  # idempotency key seen before: the stored answer is returned
+    ABSENT = 4  # negative cache: MySQL had no such row a moment ago
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key layout of one deployment (prefix and bucket count are fixed for its life)."""
+
+    prefix: str = "uc"
+    buckets: int = 64
+
+    def bucket(self, user_id: int) -> int:
+        return user_id % self.buckets
+
+    def tag(self, bucket: int) -> str:
+        return f"{self.prefix}:{{{bucket}}}"
+
+    def counter(self, user_id: int) -> str:
+        return f"{self.tag(self.bucket(user_id))}:c:{user_id}"
+
+    def counter_prefix(self, bucket: int) -> str:
+        """Counter keys of a bucket are this string followed by the id."""
+        return f"{self.tag(bucket)}:c:"
+
+    def dirty(self, bucket: int) -> str:
+        return f"{self.tag(bucket)}:dirty"
+
+    def inflight(self, bucket: int) -> str:
+        return f"{self.tag(bucket)}:inflight"
+
+    def lease(self, bucket: int) -> str:
+        return f"{self.tag(bucket)}:lease"
+
+    def gone(self, user_id: int) -> str:
+        return f"{self.tag(self.bucket(user_id))}:gone:{user_id}"
+
+    def absent(self, user_id: int) -> str:
+        return f"{self.tag(self.bucket(user_id))}:absent:{user_id}"
+
+    def idem(self, user_id: int, key: str) -> str:
+        return f"{self.tag(self.bucket(user_id))}:idem:{user_id}:{key}"
+
+    def all_keys_pattern(self) -> str:
+        return f"{self.prefix}:*"
+
+
+# Increment. KEYS: counter, gone, absent, dirty, idem (or "" for none).
+# ARGV: id, now_ms, seed ("" on the hot path), idempotency ttl seconds.
+# Returns {outcome, value}. A seed is applied only when the counter is absent and no
+# tombstone exists, so a delete racing a cold increment always wins.
+INCREMENT_LUA = """
+local idem = KEYS[5]
+if idem ~= '' then
+  local prev = redis.call('GET', idem)
+  if prev then return {3, prev} end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] == '' then
+    if redis.call('EXISTS', KEYS[3]) == 1 then return {4, ''} end
+    return {1, ''}
+  end
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+local v = redis.call('INCR', KEYS[1])
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
+if idem ~= '' then redis.call('SET', idem, v, 'EX', ARGV[4]) end
+return {0, tostring(v)}
+"""
+
+# Read. KEYS: counter, gone, absent. Returns {outcome, value}.
+READ_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
+local v = redis.call('GET', KEYS[1])
+if v then return {0, v} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {4, ''} end
+return {1, ''}
+"""
+
+# Seed a counter read from MySQL. KEYS: counter, gone. ARGV: value, idle ttl ms.
+# SET NX keeps any newer live value; the idle TTL lets a clean counter be evicted.
+SEED_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return {0, redis.call('GET', KEYS[1])}
+"""
+
+# Remember that MySQL has no such row. KEYS: counter, gone, absent. ARGV: ttl ms.
+# Refused when a counter exists: a create that landed meanwhile always wins.
+MARK_ABSENT_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
+local v = redis.call('GET', KEYS[1])
+if v then return {0, v} end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
+return {4, ''}
+"""
+
+# A user was just inserted. KEYS: counter, gone, absent. ARGV: idle ttl ms.
+# The id is new in MySQL, so any tombstone or negative-cache entry for it is stale.
+CREATED_LUA = """
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
+return 1
+"""
+
+# A user was just deleted from MySQL. KEYS: counter, gone, absent, dirty, inflight.
+# ARGV: id, tombstone ttl seconds.
+DELETED_LUA = """
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+return 1
+"""
+
+# Worker claim. KEYS: dirty, inflight. ARGV: batch size, counter key prefix of the bucket.
+# A non-empty inflight (left by a crash or a slow peer) is returned as is, to be flushed
+# first. Otherwise the oldest dirty ids move, with their current values, to inflight.
+# Counter keys are built here from the bucket's hash tag, so they share the slot.
+CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, redis.call('HGETALL', KEYS[2])}
+end
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then return {0, {}} end
+local out = {}
+for i = 1, #ids do
+  local v = redis.call('GET', ARGV[2] .. ids[i])
+  if v then
+    out[#out + 1] = ids[i]
+    out[#out + 1] = v
+  end
+end
+for i = 1, #ids, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
+end
+for i = 1, #out, 1000 do
+  redis.call('HSET', KEYS[2], unpack(out, i, math.min(i + 999, #out)))
+end
+return {0, out}
+"""
+
+# Worker finish, after the MySQL commit. KEYS: inflight, dirty.
+# ARGV: counter key prefix, idle ttl ms, then id, value pairs that were committed.
+# Each inflight entry is dropped only if it still holds the committed value (a peer may
+# have claimed anew); each counter gets the idle TTL only if nobody incremented it since.
+FINISH_LUA = """
+local expired = 0
+for i = 3, #ARGV, 2 do
+  local id, v = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', KEYS[1], id) == v then redis.call('HDEL', KEYS[1], id) end
+  local key = ARGV[1] .. id
+  if redis.call('GET', key) == v and not redis.call('ZSCORE', KEYS[2], id) then
+    redis.call('PEXPIRE', key, ARGV[2])
+    expired = expired + 1
+  end
+end
+return expired
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Counters:
+    """The counter operations of the API, each one Redis round trip."""
+
+    def __init__(self, redis: Redis, keys: Keys, idle_ttl_s: int, tombstone_ttl_s: int,
+                 absent_ttl_s: int, idem_ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._idle_ms = idle_ttl_s * 1000
+        self._tombstone_s = tombstone_ttl_s
+        self._absent_ms = absent_ttl_s * 1000
+        self._idem_s = idem_ttl_s
+        self._increment: AsyncScript = redis.register_script(INCREMENT_LUA)
+        self._read: AsyncScript = redis.register_script(READ_LUA)
+        self._seed: AsyncScript = redis.register_script(SEED_LUA)
+        self._mark_absent: AsyncScript = redis.register_script(MARK_ABSENT_LUA)
+        self._created: AsyncScript = redis.register_script(CREATED_LUA)
+        self._deleted: AsyncScript = redis.register_script(DELETED_LUA)
+
+    async def increment(
+        self, user_id: int, idem_key: str | None = None, seed: int | None = None
+    ) -> tuple[Outcome, int | None]:
+        k = self.keys
+        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id),
+                k.dirty(k.bucket(user_id)), k.idem(user_id, idem_key) if idem_key else ""]
+        args = [user_id, now_ms(), "" if seed is None else seed, self._idem_s]
+        return _result(await self._increment(keys=keys, args=args))
+
+    async def read(self, user_id: int) -> tuple[Outcome, int | None]:
+        k = self.keys
+        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
+        return _result(await self._read(keys=keys))
+
+    async def seed(self, user_id: int, value: int) -> tuple[Outcome, int | None]:
+        k = self.keys
+        keys = [k.counter(user_id), k.gone(user_id)]
+        return _result(await self._seed(keys=keys, args=[value, self._idle_ms]))
+
+    async def mark_absent(self, user_id: int) -> tuple[Outcome, int | None]:
+        k = self.keys
+        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
+        return _result(await self._mark_absent(keys=keys, args=[self._absent_ms]))
+
+    async def created(self, user_id: int) -> None:
+        k = self.keys
+        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
+        await self._created(keys=keys, args=[self._idle_ms])
+
+    async def deleted(self, user_id: int) -> None:
+        k = self.keys
+        b = k.bucket(user_id)
+        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id), k.dirty(b),
+                k.inflight(b)]
+        await self._deleted(keys=keys, args=[user_id, self._tombstone_s])
+
+
+def _result(raw: Any) -> tuple[Outcome, int | None]:
+    outcome, value = raw
+    return Outcome(int(outcome)), (int(value) if value not in (b"", "") else None)
