@@ -31,6 +31,8 @@ def mysql_kwargs(settings: Settings, database: str | None = None) -> dict[str, A
         "connect_timeout": max(1, round(settings.mysql_timeout_seconds)),
         "autocommit": True,
         "charset": "utf8mb4",
+        # TIMESTAMP columns come back in UTC, so the API can print RFC 3339 with 'Z'.
+        "init_command": "SET time_zone = '+00:00'",
     }
     if database:
         kwargs["db"] = database

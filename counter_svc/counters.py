@@ -191,8 +191,15 @@ def now_ms() -> int:
 class Counters:
     """The counter operations of the API, each one Redis round trip."""
 
-    def __init__(self, redis: Redis, keys: Keys, idle_ttl_s: int, tombstone_ttl_s: int,
-                 absent_ttl_s: int, idem_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        idle_ttl_s: int,
+        tombstone_ttl_s: int,
+        absent_ttl_s: int,
+        idem_ttl_s: int,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self._idle_ms = idle_ttl_s * 1000
@@ -210,8 +217,13 @@ class Counters:
         self, user_id: int, idem_key: str | None = None, seed: int | None = None
     ) -> tuple[Outcome, int | None]:
         k = self.keys
-        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id),
-                k.dirty(k.bucket(user_id)), k.idem(user_id, idem_key) if idem_key else ""]
+        keys = [
+            k.counter(user_id),
+            k.gone(user_id),
+            k.absent(user_id),
+            k.dirty(k.bucket(user_id)),
+            k.idem(user_id, idem_key) if idem_key else "",
+        ]
         args = [user_id, now_ms(), "" if seed is None else seed, self._idem_s]
         return _result(await self._increment(keys=keys, args=args))
 
@@ -238,8 +250,7 @@ class Counters:
     async def deleted(self, user_id: int) -> None:
         k = self.keys
         b = k.bucket(user_id)
-        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id), k.dirty(b),
-                k.inflight(b)]
+        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id), k.dirty(b), k.inflight(b)]
         await self._deleted(keys=keys, args=[user_id, self._tombstone_s])
 
 

@@ -31,9 +31,7 @@ def load_config(env_file: str | None = None) -> Config:
     return Config(path if path.is_file() else None)
 
 
-def read(
-    config: Config, key: str, cast: Callable[[str], T], default: T, check: str = ""
-) -> T:
+def read(config: Config, key: str, cast: Callable[[str], T], default: T, check: str = "") -> T:
     """Read `key`, cast it, and raise `SettingsError` naming the key when it is unusable."""
     raw = config(key, default=None)
     if raw is None or raw == "":
@@ -145,9 +143,7 @@ class Settings:
                 c, "TOMBSTONE_TTL_SECONDS", 7 * 86_400, 60, 3650 * 86_400
             ),
             absent_ttl_seconds=read_int(c, "ABSENT_TTL_SECONDS", 10, 1, 3600),
-            idempotency_ttl_seconds=read_int(
-                c, "IDEMPOTENCY_TTL_SECONDS", 86_400, 1, 30 * 86_400
-            ),
+            idempotency_ttl_seconds=read_int(c, "IDEMPOTENCY_TTL_SECONDS", 86_400, 1, 30 * 86_400),
             host=read(c, "HOST", str, "0.0.0.0"),  # noqa: S104
             port=read_int(c, "PORT", 8080, 1, 65535),
             web_concurrency=read_int(c, "WEB_CONCURRENCY", 1, 1, 64),

@@ -1,0 +1,148 @@
+"""The Starlette application: lifespan-owned pools, error table, request middleware."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from counter_svc.connections import open_mysql, open_redis
+from counter_svc.counters import Counters, Keys
+from counter_svc.errors import HTTP_CODES, ApiError, error_response
+from counter_svc.metrics import Metrics
+from counter_svc.routes import ROUTES
+from counter_svc.settings import Settings
+from counter_svc.store import Store
+from counter_svc.users import Users
+
+log = structlog.get_logger("counter_svc.access")
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_ROUTE_TEMPLATES: dict[object, str] = {route.endpoint: route.path for route in ROUTES}
+
+
+class RequestContext:
+    """Per request: a request id (kept from `X-Request-ID` when sane), one access log
+    line, metrics by route template, and a JSON 500 for anything unexpected."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        self.metrics.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            if not response_started:
+                response = error_response(500, "internal_error", "an unexpected error occurred")
+                await response(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_progress.dec()
+            elapsed = time.perf_counter() - started
+            route = _ROUTE_TEMPLATES.get(scope.get("endpoint"), "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            log.info(
+                "request",
+                method=method,
+                route=route,
+                path=scope["path"],
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+            )
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _REQUEST_ID_RE.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    message = {404: "no such route", 405: f"method {request.method} is not allowed here"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
+    """The API. Pools are opened in the lifespan and closed in reverse order."""
+    metrics = metrics or Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # minsize=0: the API starts, and answers 503, while MySQL is still down.
+        pool = await open_mysql(settings, minsize=0)
+        redis = open_redis(settings)
+        keys = Keys(settings.key_prefix, settings.buckets)
+        counters = Counters(
+            redis,
+            keys,
+            settings.idle_ttl_seconds,
+            settings.tombstone_ttl_seconds,
+            settings.absent_ttl_seconds,
+            settings.idempotency_ttl_seconds,
+        )
+        users = Users(pool, settings.mysql_timeout_seconds, metrics.mysql_errors.inc)
+        app.state.store = Store(users, counters, metrics)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            pool.close()
+            await pool.wait_closed()
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.router.redirect_slashes = False
+    app.state.metrics = metrics
+    app.state.max_body_bytes = settings.max_body_bytes
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app

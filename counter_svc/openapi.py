@@ -1,0 +1,245 @@
+"""The OpenAPI 3.1 description of the API, kept next to the code it describes.
+
+Tests fuzz the live app against this document, so it must list every status code
+the handlers can answer.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {_JSON: {"schema": _ref("Error")}},
+    }
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}
+        }
+    return response
+
+
+def _ok(description: str, data_schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["message", "data"],
+                    "properties": {"message": {"type": "string"}, "data": _ref(data_schema)},
+                }
+            }
+        },
+    }
+
+
+_BAD_ID = _error("The id is not a decimal integer from 1 to 2147483647.")
+_NOT_FOUND = _error("No such user (never created, or deleted).")
+_UNAVAILABLE = _error("MySQL or Redis is unavailable; retry later.", retry_after=True)
+
+_USER_ID = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+}
+
+
+@cache
+def openapi_document(max_body_bytes: int) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "UserCounter",
+            "version": "1.0.0",
+            "description": "A counter per registered user. Increments are answered from "
+            "Redis and written behind to MySQL.",
+        },
+        "paths": {
+            "/api/v1/users": {
+                "post": {
+                    "operationId": "createUser",
+                    "summary": "Create a user",
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": _ref("NewUser")}},
+                    },
+                    "responses": {
+                        "201": {
+                            **_ok("Created.", "User"),
+                            "headers": {
+                                "Location": {
+                                    "description": "Path of the new user.",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                        "400": _error("The body is not a JSON object with a valid username."),
+                        "409": _error("The username is taken."),
+                        "413": _error(f"The body is larger than {max_body_bytes} bytes."),
+                        "415": _error("The body is not declared as application/json."),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/api/v1/users/{user_id}": {
+                "parameters": [_USER_ID],
+                "get": {
+                    "operationId": "getUser",
+                    "summary": "A user with its live counter",
+                    "responses": {
+                        "200": _ok("The user.", "User"),
+                        "400": _BAD_ID,
+                        "404": _NOT_FOUND,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteUser",
+                    "summary": "Delete a user; it is never visible again",
+                    "responses": {
+                        "200": _ok("Deleted.", "Deleted"),
+                        "400": _BAD_ID,
+                        "404": _NOT_FOUND,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/api/v1/users/{user_id}/count": {
+                "parameters": [_USER_ID],
+                "get": {
+                    "operationId": "getCount",
+                    "summary": "The live counter of a user",
+                    "responses": {
+                        "200": _ok("The counter.", "Count"),
+                        "400": _BAD_ID,
+                        "404": _NOT_FOUND,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/api/v1/users/{user_id}/increment": {
+                "parameters": [_USER_ID],
+                "put": {
+                    "operationId": "increment",
+                    "summary": "Add one to a user's counter",
+                    "description": "With an Idempotency-Key, a retry within 24 h returns "
+                    "the first answer and does not count again.",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 255,
+                                "pattern": "^[\\x20-\\x7e]+$",
+                            },
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok("The new value.", "Count"),
+                        "400": _error("Bad id or Idempotency-Key."),
+                        "404": _NOT_FOUND,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness: the process answers",
+                    "responses": {"200": {"description": "Alive.", "content": {_JSON: {}}}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: MySQL and Redis answer",
+                    "responses": {
+                        "200": {"description": "Ready.", "content": {_JSON: {}}},
+                        "503": _error("A backing store is unavailable.", retry_after=True),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1.", "content": {_JSON: {}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "NewUser": {
+                    "type": "object",
+                    "required": ["username"],
+                    "properties": {
+                        "username": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 100,
+                            "description": "No control characters, no leading or trailing "
+                            "white space; unique (compared as MySQL's collation does).",
+                        }
+                    },
+                },
+                "User": {
+                    "type": "object",
+                    "required": ["id", "username", "counter", "created_at", "updated_at"],
+                    "properties": {
+                        "id": {"type": "integer", "minimum": 1},
+                        "username": {"type": "string"},
+                        "counter": {"type": "integer", "minimum": 0},
+                        "created_at": {"type": ["string", "null"], "format": "date-time"},
+                        "updated_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+                "Count": {
+                    "type": "object",
+                    "required": ["user_id", "counter"],
+                    "properties": {
+                        "user_id": {"type": "integer", "minimum": 1},
+                        "counter": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "Deleted": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": {"type": "integer", "minimum": 1}},
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }

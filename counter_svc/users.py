@@ -1,0 +1,90 @@
+"""The MySQL side: users rows. MySQL is the source of truth for which users exist."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from asyncmy.errors import IntegrityError, MySQLError
+from asyncmy.pool import Pool
+
+from counter_svc.errors import Unavailable, UsernameTaken
+
+T = TypeVar("T")
+
+_DUPLICATE_ENTRY = 1062
+_COLUMNS = "id, username, counter, created_at, updated_at"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    counter: int
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class MySQLUnavailable(Unavailable):
+    """MySQL could not be reached or did not answer in time."""
+
+
+class Users:
+    """Queries on the users table, each bounded by a timeout and mapped to domain errors."""
+
+    def __init__(self, pool: Pool, timeout_s: float, on_error: Callable[[], None]) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self._on_error = on_error
+
+    async def get(self, user_id: int) -> User | None:
+        async def q(cur: Any) -> User | None:
+            await cur.execute(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))  # noqa: S608
+            row = await cur.fetchone()
+            return User(*row) if row else None
+
+        return await self._run(q)
+
+    async def create(self, username: str) -> User:
+        async def q(cur: Any) -> User:
+            try:
+                await cur.execute("INSERT INTO users (username) VALUES (%s)", (username,))
+            except IntegrityError as e:
+                if e.args and e.args[0] == _DUPLICATE_ENTRY:
+                    raise UsernameTaken(f"username {username!r} is already taken") from e
+                raise
+            new_id = cur.lastrowid
+            await cur.execute(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (new_id,))  # noqa: S608
+            row = await cur.fetchone()
+            # Read back on the same connection: a concurrent delete is the only way to miss it.
+            return User(*row) if row else User(new_id, username, 0, None, None)
+
+        return await self._run(q)
+
+    async def delete(self, user_id: int) -> bool:
+        async def q(cur: Any) -> bool:
+            await cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            return bool(cur.rowcount)
+
+        return await self._run(q)
+
+    async def ping(self) -> None:
+        async def q(cur: Any) -> None:
+            await cur.execute("SELECT 1")
+            await cur.fetchone()
+
+        await self._run(q)
+
+    async def _run(self, query: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.pool.acquire() as conn, conn.cursor() as cur:
+                    return await query(cur)
+        except UsernameTaken:
+            raise
+        except (MySQLError, OSError, TimeoutError) as e:
+            self._on_error()
+            raise MySQLUnavailable("the database is unavailable, try again shortly") from e
