@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import asyncmy
+import httpx
 import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
+from counter_svc.app import create_app
 from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
 from counter_svc.settings import Settings, load_config
+from tests.faults import free_port, port_open, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +68,7 @@ async def _delete_keys(redis: Redis, prefix: str) -> None:
 
 
 @pytest.fixture
-async def settings(base_settings: Settings) -> AsyncIterator[Settings]:
+async def settings(base_settings: Settings) -> Settings:
     """The run's settings, with an empty users table and no keys under the prefix."""
     await migrate(base_settings)
     conn = await asyncmy.connect(**mysql_kwargs(base_settings, base_settings.mysql_database))
@@ -71,7 +78,7 @@ async def settings(base_settings: Settings) -> AsyncIterator[Settings]:
     redis = open_redis(base_settings)
     await _delete_keys(redis, base_settings.key_prefix)
     await redis.aclose()
-    yield base_settings
+    return base_settings
 
 
 @pytest.fixture
@@ -87,3 +94,72 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     client = open_redis(settings)
     yield client
     await client.aclose()
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An API instance with its lifespan run, and a client that talks to it in-process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(settings) as c:
+        yield c
+
+
+async def create_user(client: httpx.AsyncClient, username: str) -> int:
+    response = await client.post("/api/v1/users", json={"username": username})
+    assert response.status_code == 201, response.text
+    user_id: int = response.json()["data"]["id"]
+    return user_id
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process read `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_"))}
+    env.update(
+        MYSQL_HOST=settings.mysql_host,
+        MYSQL_PORT=str(settings.mysql_port),
+        MYSQL_USER=settings.mysql_user,
+        MYSQL_PASSWORD=settings.mysql_password,
+        MYSQL_DATABASE=settings.mysql_database,
+        REDIS_URL=settings.redis_url,
+        REDIS_KEY_PREFIX=settings.key_prefix,
+        COUNTER_BUCKETS=str(settings.buckets),
+        LOG_FORMAT="json",
+        ENV_FILE=os.devnull,
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def live_server(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m counter_svc serve` as a real process on a free port; yields its base URL."""
+    import asyncio
+
+    asyncio.run(migrate(base_settings))
+    port = free_port()
+    env = settings_env(base_settings) | {"PORT": str(port), "HOST": "127.0.0.1"}
+    log_path = tmp_path_factory.mktemp("api") / "api.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "counter_svc", "serve"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(lambda: port_open(port), 20, "the API to listen")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

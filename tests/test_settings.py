@@ -1,0 +1,94 @@
+"""Configuration: defaults, casts, errors that name the variable, secrets from files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from starlette.config import Config
+
+from counter_svc.settings import Settings, SettingsError
+
+
+def config(**env: str) -> Config:
+    return Config(environ=env)
+
+
+def test_defaults_work_on_a_developer_machine() -> None:
+    """With nothing set, the defaults of DESIGN.md apply."""
+    s = Settings.from_env(config())
+    assert (s.mysql_host, s.mysql_port, s.mysql_user, s.mysql_database) == (
+        "127.0.0.1",
+        3306,
+        "root",
+        "usercounter",
+    )
+    assert (s.redis_url, s.key_prefix, s.buckets, s.port) == (
+        "redis://127.0.0.1:6379/0",
+        "uc",
+        64,
+        8080,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MYSQL_PORT", "abc"),
+        ("MYSQL_PORT", "70000"),
+        ("COUNTER_BUCKETS", "0"),
+        ("PORT", "-1"),
+        ("REDIS_URL", "http://x"),
+        ("REDIS_KEY_PREFIX", "has space"),
+        ("MYSQL_DATABASE", "drop;table"),
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "loud"),
+        ("MYSQL_TIMEOUT_SECONDS", "soon"),
+        ("MYSQL_PASSWORD_FILE", "/nonexistent/secret"),
+    ],
+)
+def test_bad_value_names_the_variable(key: str, value: str) -> None:
+    """A bad value fails with a message that names the variable."""
+    with pytest.raises(SettingsError, match=key):
+        Settings.from_env(config(**{key: value}))
+
+
+def test_environment_wins_over_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real environment variable overrides the same key in `.env`."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("MYSQL_DATABASE=fromfile\nPORT=9000\n")
+    monkeypatch.setenv("PORT", "9001")
+    s = Settings.from_env(Config(env_file))
+    assert (s.mysql_database, s.port) == ("fromfile", 9001)
+
+
+def test_password_file_is_read_and_never_printed(tmp_path: Path) -> None:
+    """MYSQL_PASSWORD_FILE supplies the password; it does not appear in repr or summary."""
+    secret = tmp_path / "pw"
+    secret.write_text("s3cr3t-value\n")
+    s = Settings.from_env(
+        config(MYSQL_PASSWORD_FILE=str(secret), REDIS_URL="redis://:hunter2@127.0.0.1:6379/0")
+    )
+    assert s.mysql_password == "s3cr3t-value"
+    shown = repr(s) + repr(s.safe_summary())
+    assert "s3cr3t-value" not in shown
+    assert "hunter2" not in shown
+
+
+def test_bad_setting_stops_serve_with_a_clear_message() -> None:
+    """`python -m counter_svc serve` with a bad value exits 2 naming the variable."""
+    env = dict(os.environ, COUNTER_BUCKETS="lots", ENV_FILE=os.devnull)
+    proc = subprocess.run(
+        [sys.executable, "-m", "counter_svc", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "COUNTER_BUCKETS" in proc.stderr
+    assert "Traceback" not in proc.stderr
