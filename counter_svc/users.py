@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from asyncmy.errors import IntegrityError, MySQLError
+from asyncmy.errors import IntegrityError, InterfaceError, InternalError, OperationalError
 from asyncmy.pool import Pool
 
 from counter_svc.errors import Unavailable, UsernameTaken
@@ -81,10 +81,21 @@ class Users:
     async def _run(self, query: Callable[[Any], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self.pool.acquire() as conn, conn.cursor() as cur:
-                    return await query(cur)
+                conn = await self.pool.acquire()
+                try:
+                    async with conn.cursor() as cur:
+                        return await query(cur)
+                except UsernameTaken:
+                    raise
+                except BaseException:
+                    # A query cut off by the timeout leaves its answer unread on the wire:
+                    # the next user of this connection would read it. Never reuse it.
+                    conn.close()
+                    raise
+                finally:
+                    self.pool.release(conn)
         except UsernameTaken:
             raise
-        except (MySQLError, OSError, TimeoutError) as e:
+        except (OperationalError, InterfaceError, InternalError, OSError, TimeoutError) as e:
             self._on_error()
             raise MySQLUnavailable("the database is unavailable, try again shortly") from e
