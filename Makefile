@@ -1,0 +1,70 @@
+# UserCounter developer commands. On a fresh machine: `make run`, or `make test`.
+# Both install what is missing, make sure MySQL and Redis answer (starting private
+# servers under .local/ when nothing does) and are quick the second time.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOCK := requirements-dev.lock
+# Written after a successful install; the install runs again when the lock or
+# pyproject.toml is newer, or when the venv is gone.
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install services migrate run test lint format bench clean distclean stop-services status
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## venv with the locked dependencies and the project (editable)
+	@if [ -f scripts/install-tools.sh ]; then bash scripts/install-tools.sh; fi
+
+$(STAMP): $(LOCK) pyproject.toml scripts/venv.sh
+	@VENV=$(VENV) LOCK=$(LOCK) bash scripts/venv.sh
+	@touch $@
+
+services: ## make sure MySQL and Redis answer; start private ones under .local/ if not
+	@bash scripts/services.sh up
+
+stop-services: ## stop the private MySQL and Redis started by `make services`
+	@bash scripts/services.sh down
+
+status: ## say where MySQL and Redis answer and which private servers run
+	@bash scripts/services.sh status
+
+migrate: install services ## create the database and apply the schema (idempotent)
+	$(PY) -m counter_svc migrate
+
+run: migrate ## the API on PORT (default 8080) and the sync worker; Ctrl-C stops both
+	@PY=$(PY) bash scripts/run.sh
+
+# The tests read the environment only, not .env, so the servers are checked there too.
+test: install ## pytest against real MySQL and Redis (PYTEST_ARGS=... to pass options)
+	@ENV_FILE=/dev/null bash scripts/services.sh up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, mypy (runs all three, fails if any does)
+	@status=0; \
+	echo "+ ruff check"; $(VENV)/bin/ruff check . || status=1; \
+	echo "+ ruff format --check"; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+format: install ## ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install ## load tests (bench/run.sh)
+	@if [ -f bench/run.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run.sh; \
+	else echo "bench: bench/run.sh is not there yet"; fi
+
+clean: ## remove the venvs and caches (keeps the data in .local/)
+	rm -rf $(VENV) .venv-tools .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -path ./.local -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: stop-services clean ## clean, and delete the private servers' data in .local/
+	rm -rf .local
