@@ -1,0 +1,405 @@
+"""The kustomize tree, rendered with `kubectl kustomize` and checked statically (no cluster)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, validate
+
+from tests.test_deploy_support import (
+    APP_IMAGE,
+    BASE,
+    OVERLAY,
+    TEST_ONLY_VARIABLES,
+    module_help,
+    parse_settings,
+    python_module_command,
+    render,
+    routes_served,
+    variables_read_by_code,
+)
+
+KUBERNETES_VERSION = "1.33.0"
+NAMESPACE = "usercounter-dev"
+DEV_HOST = "usercounter.dev.example.com"
+WORKLOADS = ("Deployment", "StatefulSet")
+Obj = dict[str, Any]
+
+
+def _objects() -> tuple[Obj, ...]:
+    return render(OVERLAY)
+
+
+def _get(kind: str, name: str) -> Obj:
+    matches = [o for o in _objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def _by_prefix(kind: str, prefix: str) -> Obj:
+    """A generated object (ConfigMap, Secret) whose name is `prefix-<hash>`."""
+    matches = [
+        o for o in _objects() if o["kind"] == kind and o["metadata"]["name"].startswith(prefix)
+    ]
+    assert len(matches) == 1, f"{kind}/{prefix}*: {len(matches)} found"
+    return matches[0]
+
+
+def _pod(workload: Obj) -> Obj:
+    pod: Obj = workload["spec"]["template"]["spec"]
+    return pod
+
+
+def _containers(pod: Obj) -> Iterator[Obj]:
+    yield from pod.get("initContainers", [])
+    yield from pod["containers"]
+
+
+def _app_containers() -> Iterator[tuple[Obj, Obj]]:
+    """(pod spec, container) of every container that runs the UserCounter image."""
+    for obj in _objects():
+        if obj["kind"] in WORKLOADS:
+            pod = _pod(obj)
+            for c in _containers(pod):
+                if c["image"].split(":")[0].rsplit("/", 1)[-1] == APP_IMAGE:
+                    yield pod, c
+
+
+def _env(container: Obj) -> dict[str, str]:
+    """The container's effective environment: its ConfigMaps, then its own `env`."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]["name"]
+        env.update(_get("ConfigMap", ref)["data"])
+    for item in container.get("env", []):
+        assert "value" in item, f"{item['name']}: secrets are mounted as files, not env"
+        env[item["name"]] = item["value"]
+    return env
+
+
+def _named_port(container: Obj, port: str | int) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return int(number)
+
+
+def _main(name: str) -> Obj:
+    (container,) = _pod(_get("Deployment", name))["containers"]
+    return container
+
+
+def test_base_renders_too() -> None:
+    """The base alone renders (overlays for other environments build on it)."""
+    kinds = {o["kind"] for o in render(BASE)}
+    assert {"Deployment", "StatefulSet", "ConfigMap", "Namespace"} <= kinds
+
+
+def test_every_object_validates_strictly_against_kubernetes_1_33() -> None:
+    """Each rendered object matches the Kubernetes 1.33 schema; unknown fields fail."""
+    errors = []
+    for obj in _objects():
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            validate(obj, KUBERNETES_VERSION, strict=True)
+        except ValidationError as e:
+            errors.append(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
+        except SchemaNotFoundError as e:
+            errors.append(f"{where}: {e.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_the_objects_the_deployment_needs() -> None:
+    """Namespace, config, secret, workloads, services, ingress, HPA, PDBs, policies."""
+    names = {(o["kind"], o["metadata"]["name"].rsplit("-", 1)[0]) for o in _objects()}
+    for kind, name in [("ConfigMap", "usercounter-config"), ("Secret", "usercounter-secrets")]:
+        assert (kind, name) in names
+    for kind, name in [
+        ("Namespace", NAMESPACE),
+        ("Deployment", "api"),
+        ("Deployment", "sync-worker"),
+        ("StatefulSet", "mysql"),
+        ("StatefulSet", "redis"),
+        ("Service", "api"),
+        ("Service", "mysql"),
+        ("Service", "redis"),
+        ("Ingress", "api"),
+        ("HorizontalPodAutoscaler", "api"),
+        ("PodDisruptionBudget", "api"),
+        ("PodDisruptionBudget", "sync-worker"),
+        ("NetworkPolicy", "default-deny-ingress"),
+    ]:
+        _get(kind, name)
+
+
+def test_everything_lives_in_the_namespace() -> None:
+    """Every namespaced object is in the overlay's namespace; none in `default`."""
+    for obj in _objects():
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
+
+
+def test_api_rollout_and_probes() -> None:
+    """3 replicas, no unavailable pod during a rollout, probes on the paths the API serves."""
+    api = _get("Deployment", "api")
+    assert api["spec"]["replicas"] == 3
+    assert api["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    container = _main("api")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    served = routes_served("counter_svc")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] in served
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] >= 3
+    spread = _pod(api)["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
+    for constraint in spread:
+        assert constraint["labelSelector"]["matchLabels"] == api["spec"]["selector"]["matchLabels"]
+
+
+def test_probe_and_metrics_ports_are_the_ones_the_settings_listen_on(tmp_path: Path) -> None:
+    """Probe ports and scrape annotations resolve to the port each process binds."""
+    for name in ("api", "sync-worker"):
+        pod_template = _get("Deployment", name)["spec"]["template"]
+        container = _main(name)
+        settings = parse_settings(_env(container), tmp_path)
+        listen = settings.base.port if name == "api" else settings.metrics_port
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert _named_port(container, container[probe]["httpGet"]["port"]) == listen
+        annotations = pod_template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == listen
+        package = "counter_svc" if name == "api" else "sync_worker"
+        assert annotations["prometheus.io/path"] in routes_served(package)
+        assert "/healthz" in routes_served(package)
+
+
+def test_migration_runs_before_the_api_serves() -> None:
+    """An init container runs the idempotent `migrate` command of the same image."""
+    pod = _pod(_get("Deployment", "api"))
+    (init,) = pod["initContainers"]
+    assert init["image"] == _main("api")["image"]
+    module, args = python_module_command(init["command"])
+    assert (module, args) == ("counter_svc", ["migrate"])
+
+
+def test_container_commands_exist() -> None:
+    """Every app container runs a `python -m` command that its entry point accepts."""
+    for _, container in _app_containers():
+        module, args = python_module_command(container["command"])
+        help_text = module_help(module)
+        assert all(arg in help_text for arg in args), container["command"]
+
+
+def test_app_env_is_read_by_the_settings() -> None:
+    """Every variable set for an app container is one the settings read; no test hooks."""
+    known = variables_read_by_code()
+    for _, container in _app_containers():
+        env = set(_env(container))
+        assert env <= known, f"{container['name']}: {sorted(env - known)} are read by no code"
+        assert not env & TEST_ONLY_VARIABLES
+
+
+def test_app_env_parses_and_points_at_the_cluster_services(tmp_path: Path) -> None:
+    """The real settings accept each container's env; MySQL, Redis and secrets are set."""
+    for _, container in _app_containers():
+        env = _env(container)
+        settings = parse_settings(env, tmp_path).base
+        assert settings.mysql_host == _get("Service", "mysql")["metadata"]["name"]
+        assert settings.redis_url.startswith("redis://redis:6379/")
+        assert env["MYSQL_PASSWORD_FILE"]
+        assert settings.log_format == "json"
+        if container["name"] != "migrate":
+            assert env["REDIS_PASSWORD_FILE"]
+
+
+def test_api_and_worker_agree_on_the_key_layout(tmp_path: Path) -> None:
+    """Same buckets, key prefix and database for the API and the worker."""
+    api = parse_settings(_env(_main("api")), tmp_path).base
+    worker = parse_settings(_env(_main("sync-worker")), tmp_path).base
+    assert (api.buckets, api.key_prefix, api.mysql_database) == (
+        worker.buckets,
+        worker.key_prefix,
+        worker.mysql_database,
+    )
+
+
+def test_secret_files_are_mounted_from_the_secret() -> None:
+    """Each `*_FILE` path is a key of the mounted Secret, and the Secret has that key."""
+    secret = _by_prefix("Secret", "usercounter-secrets")
+    for pod, container in _app_containers():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        for name, path in _env(container).items():
+            if not name.endswith("_FILE"):
+                continue
+            directory, key = path.rsplit("/", 1)
+            mount = mounts[directory]
+            assert mount["readOnly"] is True
+            source = volumes[mount["name"]]["secret"]
+            assert source["secretName"] == secret["metadata"]["name"]
+            assert key in {item["path"] for item in source["items"]}
+            assert key in secret["data"]
+
+
+def test_dev_secret_holds_only_fake_values() -> None:
+    """The dev overlay's Secret is generated from obviously fake, dev-only values."""
+    secret = _by_prefix("Secret", "usercounter-secrets")
+    assert set(secret["data"]) == {"mysql-root-password", "mysql-password", "redis-password"}
+    for value in secret["data"].values():
+        assert base64.b64decode(value).decode().startswith("dev-only-fake-")
+    base_kinds = {o["kind"] for o in render(BASE)}
+    assert "Secret" not in base_kinds, "the base carries no credentials"
+
+
+def test_worker_replicas_and_grace_period(tmp_path: Path) -> None:
+    """2 workers; SIGKILL comes well after the worker's final drain may end."""
+    worker = _get("Deployment", "sync-worker")
+    assert worker["spec"]["replicas"] == 2
+    settings = parse_settings(_env(_main("sync-worker")), tmp_path)
+    grace = _pod(worker)["terminationGracePeriodSeconds"]
+    assert grace > settings.shutdown_timeout_seconds + 10
+
+
+def test_pods_are_locked_down() -> None:
+    """Non-root, seccomp RuntimeDefault, read-only root, no capabilities, no SA token."""
+    for obj in _objects():
+        if obj["kind"] not in WORKLOADS:
+            continue
+        pod = _pod(obj)
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] >= 10000
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in _containers(pod):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), c["name"]
+
+
+def test_app_pods_write_only_to_tmp() -> None:
+    """The app's only writable path is an emptyDir at /tmp."""
+    for pod, container in _app_containers():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
+        assert [m["mountPath"] for m in writable] == ["/tmp"]
+        assert "emptyDir" in volumes[writable[0]["name"]]
+
+
+def test_image_user_matches_the_pod_user() -> None:
+    """The pods run as the Dockerfile's USER, so file permissions agree."""
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text(encoding="utf-8")
+    user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")][-1]
+    uid, gid = (int(x) for x in user.split(":"))
+    for name in ("api", "sync-worker"):
+        sc = _pod(_get("Deployment", name))["securityContext"]
+        assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, gid)
+
+
+def test_service_ingress_and_autoscaler_target_the_api() -> None:
+    """ClusterIP Service -> api pods; nginx Ingress on the dev host -> Service; HPA -> api."""
+    api = _get("Deployment", "api")
+    service = _get("Service", "api")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] in {p["name"] for p in _main("api")["ports"]}
+    ingress = _get("Ingress", "api")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == DEV_HOST
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "api", "port": {"name": port["name"]}}
+    hpa = _get("HorizontalPodAutoscaler", "api")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "api",
+    }
+    assert hpa["spec"]["minReplicas"] == api["spec"]["replicas"]
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+
+
+@pytest.mark.parametrize("name", ["api", "sync-worker"])
+def test_disruption_budgets_select_the_pods(name: str) -> None:
+    """Each PDB selects its Deployment's pods and lets one go at a time."""
+    pdb = _get("PodDisruptionBudget", name)
+    deployment = _get("Deployment", name)
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def _selects(selector: Obj, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value = labels.get(expr["key"])
+        if expr["operator"] == "In" and value not in expr["values"]:
+            return False
+        if expr["operator"] not in ("In",):
+            raise AssertionError(f"operator {expr['operator']} not handled by this test")
+    return True
+
+
+def _pod_labels() -> dict[str, dict[str, str]]:
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for o in _objects()
+        if o["kind"] in WORKLOADS
+    }
+
+
+@pytest.mark.parametrize("store", ["mysql", "redis"])
+def test_only_api_and_worker_reach_the_stores(store: str) -> None:
+    """Ingress to MySQL and Redis is denied except from the api and sync-worker pods."""
+    labels = _pod_labels()
+    policies = [o for o in _objects() if o["kind"] == "NetworkPolicy"]
+    deny = _get("NetworkPolicy", "default-deny-ingress")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    allowed: set[str] = set()
+    for policy in policies:
+        if not _selects(policy["spec"]["podSelector"], labels[store]):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                assert set(peer) == {"podSelector"}, "no namespace or IP peers for a store"
+                allowed |= {n for n, lbl in labels.items() if _selects(peer["podSelector"], lbl)}
+    assert allowed == {"api", "sync-worker"}
+
+
+def test_statefulsets_have_headless_services_volumes_and_probes() -> None:
+    """MySQL and Redis: a headless Service of the same name, a PVC, probes."""
+    for name, port in (("mysql", 3306), ("redis", 6379)):
+        sts = _get("StatefulSet", name)
+        service = _get("Service", sts["spec"]["serviceName"])
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+        assert service["spec"]["ports"][0]["port"] == port
+        (claim,) = sts["spec"]["volumeClaimTemplates"]
+        (container,) = _pod(sts)["containers"]
+        assert claim["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert probe in container
+    images = {n: _pod(_get("StatefulSet", n))["containers"][0]["image"] for n in ("mysql", "redis")}
+    assert images == {"mysql": "mysql:8.0", "redis": "redis:7.2"}
+
+
+def test_redis_is_configured_like_compose() -> None:
+    """AOF every second, volatile-lru, a memory cap under the limit, a password."""
+    conf = _by_prefix("ConfigMap", "redis-config")["data"]["redis.conf"]
+    lines = {ln.strip() for ln in conf.splitlines() if ln.strip() and not ln.startswith("#")}
+    assert {"appendonly yes", "appendfsync everysec", "maxmemory-policy volatile-lru"} <= lines
+    assert "include /run/redis/auth.conf" in lines
+    (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+    script = container["command"][-1]
+    assert "requirepass" in script
+    assert "/run/redis/auth.conf" in script
+    assert "redis-server /etc/redis/redis.conf" in script
