@@ -290,3 +290,35 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 """
+
+# --- Sync worker only -------------------------------------------------------------------
+
+# Bucket lease, taken with `SET lease token NX PX ms`. KEYS: lease. ARGV: token, ms.
+# Renew and release act only while the lease is still ours: a worker that stalled past its
+# lease must not extend or drop a lease another worker has taken since.
+RENEW_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
+# KEYS: dirty, inflight, then counter, gone for each id. ARGV: tombstone ttl s, then ids.
+# The tombstone makes a racing cold increment answer 404 even if the API that deleted the
+# row died before writing one.
+FORGET_LUA = """
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  redis.call('SET', KEYS[2 * i], '1', 'EX', ARGV[1])
+  redis.call('DEL', KEYS[2 * i - 1])
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return #ARGV - 1
+"""

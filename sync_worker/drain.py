@@ -1,0 +1,263 @@
+"""The drain: dirty counters of one bucket written from Redis to MySQL, exactly.
+
+Per bucket (DESIGN.md, "Sync worker"): take the lease; claim up to N oldest dirty ids
+with their values into `inflight` (a claim left by a crash comes back first); write the
+absolute values with `GREATEST` in one statement and one transaction; then drop them from
+`inflight` and give idle counters their TTL, both compare-and-set in Lua. Replaying a
+batch is harmless, so a crash at any step loses nothing and counts nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import structlog
+from asyncmy.pool import Pool
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from counter_svc.counters import (
+    CLAIM_LUA,
+    FINISH_LUA,
+    FORGET_LUA,
+    RELEASE_LEASE_LUA,
+    RENEW_LEASE_LUA,
+    Keys,
+)
+from sync_worker.faults import Hook, no_fault
+from sync_worker.metrics import Metrics
+
+log = structlog.get_logger("sync_worker.drain")
+
+
+class MySQLError(Exception):
+    """A batch could not be written to MySQL; its claim stays in `inflight`."""
+
+
+@lru_cache(maxsize=16)
+def update_sql(n: int) -> str:
+    """One statement for n (id, value) pairs. A JOIN never inserts, so a deleted row stays
+    deleted; GREATEST keeps MySQL monotonic when an old batch is replayed. Plain SQL that
+    MySQL 8.0 and MariaDB 10.11 both run (no VALUES ROW, no upsert alias)."""
+    rows = " UNION ALL ".join(["SELECT %s AS id, %s AS v"] + ["SELECT %s, %s"] * (n - 1))
+    return (
+        f"UPDATE users u JOIN ({rows}) t ON u.id = t.id "  # noqa: S608 - placeholders only
+        "SET u.counter = GREATEST(u.counter, t.v)"
+    )
+
+
+@lru_cache(maxsize=16)
+def exists_sql(n: int) -> str:
+    marks = ", ".join(["%s"] * n)
+    return f"SELECT id FROM users WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+
+
+@dataclass
+class Batch:
+    """One claimed batch: the values as Redis holds them (for compare-and-set) and as ints."""
+
+    raw: list[tuple[bytes, bytes]]
+    leftover: bool
+    values: dict[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.values = {int(i): int(v) for i, v in self.raw}
+
+
+class Drainer:
+    """Drains buckets of one key layout. One per worker process; its lease token is the
+    worker's identity, so a worker can take back a lease it still holds after an error."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        mysql: Pool,
+        keys: Keys,
+        *,
+        batch_size: int = 1000,
+        lease_seconds: float = 30.0,
+        idle_ttl_seconds: int = 86_400,
+        tombstone_ttl_seconds: int = 7 * 86_400,
+        write_timeout_seconds: float = 10.0,
+        max_batches_per_bucket: int = 100,
+        metrics: Metrics | None = None,
+        hook: Hook = no_fault,
+    ) -> None:
+        self.redis = redis
+        self.mysql = mysql
+        self.keys = keys
+        self.batch_size = batch_size
+        self.lease_ms = int(lease_seconds * 1000)
+        self.idle_ms = idle_ttl_seconds * 1000
+        self.tombstone_s = tombstone_ttl_seconds
+        self.write_timeout = write_timeout_seconds
+        self.max_batches = max_batches_per_bucket
+        self.metrics = metrics or Metrics()
+        self.hook = hook
+        self.token = secrets.token_hex(12)
+        self._claim: AsyncScript = redis.register_script(CLAIM_LUA)
+        self._finish: AsyncScript = redis.register_script(FINISH_LUA)
+        self._forget: AsyncScript = redis.register_script(FORGET_LUA)
+        self._renew: AsyncScript = redis.register_script(RENEW_LEASE_LUA)
+        self._release: AsyncScript = redis.register_script(RELEASE_LEASE_LUA)
+
+    async def drain_all(self, concurrency: int) -> list[Exception]:
+        """One pass over every bucket, `concurrency` at a time. Returns the errors; after
+        the first one, buckets not yet started are left for the next pass."""
+        gate = asyncio.Semaphore(concurrency)
+        errors: list[Exception] = []
+
+        async def one(bucket: int) -> None:
+            async with gate:
+                if errors:
+                    return
+                try:
+                    await self.drain_bucket(bucket)
+                except Exception as e:
+                    errors.append(e)
+
+        await asyncio.gather(*(one(b) for b in range(self.keys.buckets)))
+        return errors
+
+    async def drain_bucket(self, bucket: int) -> int:
+        """Drain one bucket while holding its lease; returns the counters written."""
+        lease = self.keys.lease(bucket)
+        if not await self._take_lease(lease):
+            return 0
+        written = 0
+        renewed = time.monotonic()
+        try:
+            for _ in range(self.max_batches):
+                if time.monotonic() - renewed > self.lease_ms / 3000:
+                    if not await self._renew(keys=[lease], args=[self.token, self.lease_ms]):
+                        log.warning("lease_lost", bucket=bucket)
+                        break
+                    renewed = time.monotonic()
+                count, more = await self.drain_batch(bucket)
+                written += count
+                if not more:
+                    break
+        finally:
+            # If Redis is down the lease cannot be dropped; it expires, or this worker
+            # takes it back (same token) once Redis answers again.
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[lease], args=[self.token])
+        return written
+
+    async def _take_lease(self, lease: str) -> bool:
+        if await self.redis.set(lease, self.token, nx=True, px=self.lease_ms):
+            return True
+        return bool(await self._renew(keys=[lease], args=[self.token, self.lease_ms]))
+
+    async def claim(self, bucket: int) -> Batch | None:
+        """Move up to a batch of the oldest dirty ids to `inflight`, or return the
+        `inflight` a crashed or stalled drain left behind."""
+        k = self.keys
+        leftover, flat = await self._claim(
+            keys=[k.dirty(bucket), k.inflight(bucket)],
+            args=[self.batch_size, k.counter_prefix(bucket)],
+        )
+        if not flat:
+            return None
+        return Batch(list(zip(flat[::2], flat[1::2], strict=True)), bool(leftover))
+
+    async def drain_batch(self, bucket: int) -> tuple[int, bool]:
+        """Claim, write and clean one batch. Returns (counters written, maybe more)."""
+        started = time.perf_counter()
+        await self.hook("before_claim")
+        batch = await self.claim(bucket)
+        if batch is None:
+            return 0, False
+        await self.hook("after_claim")
+        missing = await self.write(batch.values)
+        await self.hook("after_commit")
+        await self.finish(bucket, batch, missing)
+        await self.hook("after_finish")
+        written = len(batch.values) - len(missing)
+        elapsed = time.perf_counter() - started
+        self.metrics.flushed.inc(written)
+        self.metrics.missing.inc(len(missing))
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(elapsed)
+        log.info(
+            "batch",
+            bucket=bucket,
+            count=written,
+            missing=len(missing),
+            leftover=batch.leftover,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+        return written, batch.leftover or len(batch.values) >= self.batch_size
+
+    async def write(self, values: dict[int, int]) -> set[int]:
+        """Write the batch in one transaction; return the ids whose row no longer exists."""
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                return await self._write(values)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise MySQLError(f"batch of {len(values)} not written: {e!r}") from e
+
+    async def _write(self, values: dict[int, int]) -> set[int]:
+        params = [x for pair in values.items() for x in pair]
+        async with self.mysql.acquire() as conn:
+            try:
+                await conn.begin()
+                async with conn.cursor() as cur:
+                    changed = await cur.execute(update_sql(len(values)), params)
+                    missing: set[int] = set()
+                    # Rows already at the value (a replayed batch) also count as unchanged;
+                    # only then is the extra lookup needed.
+                    if changed < len(values):
+                        await cur.execute(exists_sql(len(values)), list(values))
+                        missing = set(values) - {int(row[0]) for row in await cur.fetchall()}
+                await self.hook("mid_batch")
+                await conn.commit()
+            except BaseException:
+                # The connection's state is unknown (cut mid-reply, or cancelled): never
+                # return it to the pool.
+                conn.close()
+                raise
+        return missing
+
+    async def finish(self, bucket: int, batch: Batch, missing: set[int]) -> None:
+        """After the commit: drop the batch from `inflight` (only entries still holding the
+        written value), give idle counters their TTL, and forget ids whose row is gone."""
+        k = self.keys
+        done = [x for i, v in batch.raw if int(i) not in missing for x in (i, v)]
+        if done:
+            await self._finish(
+                keys=[k.inflight(bucket), k.dirty(bucket)],
+                args=[k.counter_prefix(bucket), self.idle_ms, *done],
+            )
+        if missing:
+            ids = sorted(missing)
+            keys = [k.dirty(bucket), k.inflight(bucket)]
+            for user_id in ids:
+                keys += [k.counter(user_id), k.gone(user_id)]
+            await self._forget(keys=keys, args=[self.tombstone_s, *ids])
+            log.info("rows_missing", bucket=bucket, ids=ids[:20], count=len(ids))
+
+    async def observe(self) -> None:
+        """Refresh the backlog, inflight and lag gauges (one pipelined round trip)."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for b in range(k.buckets):
+            pipe.zcard(k.dirty(b))
+            pipe.hlen(k.inflight(b))
+            pipe.zrange(k.dirty(b), 0, 0, withscores=True)
+        replies = await pipe.execute()
+        backlog = sum(replies[0::3])
+        inflight = sum(replies[1::3])
+        oldest = [row[0][1] for row in replies[2::3] if row]
+        self.metrics.backlog.set(backlog)
+        self.metrics.inflight.set(inflight)
+        now_ms = time.time() * 1000
+        self.metrics.lag.set(max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0)

@@ -1,0 +1,39 @@
+"""The worker's own settings (the `SYNC_*` variables) on top of the shared ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.config import Config
+
+from counter_svc.settings import Settings, load_config, read_float, read_int
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Read once at start-up; an unusable value stops the worker naming the variable."""
+
+    base: Settings
+    interval_seconds: float = 1.0
+    batch_size: int = 1000
+    lease_seconds: float = 30.0
+    concurrency: int = 4
+    metrics_port: int = 9100
+    health_max_age_seconds: float = 60.0
+    shutdown_timeout_seconds: float = 20.0
+
+    @classmethod
+    def from_env(cls, config: Config | None = None) -> WorkerSettings:
+        c = config or load_config()
+        return cls(
+            base=Settings.from_env(c),
+            interval_seconds=read_float(c, "SYNC_INTERVAL_SECONDS", 1.0, 0.01, 3600),
+            batch_size=read_int(c, "SYNC_BATCH_SIZE", 1000, 1, 50_000),
+            lease_seconds=read_float(c, "SYNC_LEASE_SECONDS", 30.0, 1, 3600),
+            concurrency=read_int(c, "SYNC_CONCURRENCY", 4, 1, 256),
+            metrics_port=read_int(c, "SYNC_METRICS_PORT", 9100, 0, 65535),
+            health_max_age_seconds=read_float(c, "SYNC_HEALTH_MAX_AGE_SECONDS", 60.0, 1, 86_400),
+            shutdown_timeout_seconds=read_float(
+                c, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.1, 3600
+            ),
+        )
