@@ -12,8 +12,7 @@ from asyncmy.pool import Pool
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from counter_svc.settings import Settings
 
@@ -99,4 +98,6 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+# Every Redis failure is "unavailable" to a client: down, slow, out of memory (OOM), a
+# read-only replica after a failover, busy, loading. Each answers 503 with Retry-After.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError,)

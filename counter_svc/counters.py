@@ -71,14 +71,17 @@ class Keys:
 # Increment. KEYS: counter, gone, absent, dirty, idem (or "" for none).
 # ARGV: id, now_ms, seed ("" on the hot path), idempotency ttl seconds.
 # Returns {outcome, value}. A seed is applied only when the counter is absent and no
-# tombstone exists, so a delete racing a cold increment always wins.
+# tombstone exists, so a delete racing a cold increment always wins. The tombstone is
+# checked before the idempotent answer: a deleted user stays 404, retries included.
+# The value is returned as Redis' own string: Lua numbers are doubles, and tostring()
+# would print 1e+14 for large counters.
 INCREMENT_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local idem = KEYS[5]
 if idem ~= '' then
   local prev = redis.call('GET', idem)
   if prev then return {3, prev} end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[3] == '' then
     if redis.call('EXISTS', KEYS[3]) == 1 then return {4, ''} end
@@ -86,15 +89,17 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   end
   redis.call('SET', KEYS[1], ARGV[3])
 end
-local v = redis.call('INCR', KEYS[1])
+redis.call('INCR', KEYS[1])
+local v = redis.call('GET', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
 if idem ~= '' then redis.call('SET', idem, v, 'EX', ARGV[4]) end
-return {0, tostring(v)}
+return {0, v}
 """
 
 # Read. KEYS: counter, gone, absent. Returns {outcome, value}.
-READ_LUA = """
+# Flagged read-only, so counts keep working when Redis is at maxmemory or a replica.
+READ_LUA = """#!lua flags=no-writes
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local v = redis.call('GET', KEYS[1])
 if v then return {0, v} end
@@ -121,9 +126,11 @@ return {4, ''}
 """
 
 # A user was just inserted. KEYS: counter, gone, absent. ARGV: idle ttl ms.
-# The id is new in MySQL, so any tombstone or negative-cache entry for it is stale.
+# Ids are never reused, so a tombstone here means a delete of this very user raced in
+# between the INSERT and this call: it must win. A negative-cache entry is stale.
 CREATED_LUA = """
-redis.call('DEL', KEYS[2], KEYS[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
 return 1
 """
@@ -258,38 +265,6 @@ def _result(raw: Any) -> tuple[Outcome, int | None]:
     outcome, value = raw
     return Outcome(int(outcome)), (int(value) if value not in (b"", "") else None)
 
-
-# --- Sync worker only -------------------------------------------------------------------
-
-# Bucket lease, taken with `SET lease token NX PX ms`. KEYS: lease. ARGV: token, ms.
-# Renew and release act only while the lease is still ours: a worker that stalled past its
-# lease must not extend or drop a lease another worker has taken since.
-RENEW_LEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-RELEASE_LEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
-# KEYS: dirty, inflight, then counter, gone for each id. ARGV: tombstone ttl s, then ids.
-# The tombstone makes a racing cold increment answer 404 even if the API that deleted the
-# row died before writing one.
-FORGET_LUA = """
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  redis.call('SET', KEYS[2 * i], '1', 'EX', ARGV[1])
-  redis.call('DEL', KEYS[2 * i - 1])
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-end
-return #ARGV - 1
-"""
 
 # --- Sync worker only -------------------------------------------------------------------
 

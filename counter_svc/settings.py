@@ -138,7 +138,9 @@ class Settings:
             redis_timeout_seconds=read_float(c, "REDIS_TIMEOUT_SECONDS", 1.0, 0.05, 300),
             key_prefix=prefix,
             buckets=read_int(c, "COUNTER_BUCKETS", 64, 1, 16_384),
-            idle_ttl_seconds=read_int(c, "COUNTER_IDLE_TTL_SECONDS", 86_400, 1, 365 * 86_400),
+            # At least a minute: a counter must not expire (and be re-seeded from MySQL)
+            # while a slow MySQL read that started before its last sync is still running.
+            idle_ttl_seconds=read_int(c, "COUNTER_IDLE_TTL_SECONDS", 86_400, 60, 365 * 86_400),
             tombstone_ttl_seconds=read_int(
                 c, "TOMBSTONE_TTL_SECONDS", 7 * 86_400, 60, 3650 * 86_400
             ),

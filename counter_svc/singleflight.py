@@ -3,37 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class SingleFlight(Generic[T]):
-    """Concurrent `do(key, fn)` calls share the result (or error) of the first one."""
+    """Concurrent `do(key, fn)` calls share the result (or error) of one call of `fn`.
+
+    The shared call runs in a task of its own: a caller that is cancelled (a request
+    timeout, a client gone) stops waiting, but the others still get the answer."""
 
     def __init__(self) -> None:
-        self._calls: dict[Hashable, asyncio.Future[T]] = {}
+        self._calls: dict[Hashable, asyncio.Task[T]] = {}
 
-    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> T:
-        pending = self._calls.get(key)
-        if pending is not None:
-            # shield: one waiter being cancelled must not cancel the shared call.
-            return await asyncio.shield(pending)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._calls[key] = future
-        try:
-            result = await fn()
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as e:
-            future.set_exception(e)
-            # Waiters re-raise it; mark it retrieved so a lone call logs no warning.
-            future.exception()
-            raise
-        else:
-            future.set_result(result)
-            return result
-        finally:
+    async def do(self, key: Hashable, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        task = self._calls.get(key)
+        if task is None:
+            task = asyncio.create_task(fn())
+            self._calls[key] = task
+            task.add_done_callback(lambda t: self._done(key, t))
+        return await asyncio.shield(task)
+
+    def _done(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        if self._calls.get(key) is task:
             del self._calls[key]
+        if not task.cancelled():
+            # Retrieved here so that a call whose callers all left logs no warning.
+            task.exception()

@@ -98,11 +98,19 @@ class Store:
 
     async def delete_user(self, user_id: int) -> None:
         if not await self.users.delete(user_id):
+            await self._finish_earlier_delete(user_id)
             raise UserNotFound(f"user {user_id} not found")
-        # If Redis fails here the row is gone but its counter may linger: the client gets
-        # 503, and the sync worker tombstones the key the next time it finds it dirty
-        # (it never writes rows that do not exist).
         await self._redis(self.counters.deleted(user_id))
+
+    async def _finish_earlier_delete(self, user_id: int) -> None:
+        """A live counter without a row: an earlier delete removed the row but failed (or
+        timed out) before its Redis step. Finish it, so a retried DELETE is enough."""
+        outcome, _ = await self._redis(self.counters.read(user_id))
+        # Create inserts the row before it seeds the counter, so a counter whose row is
+        # absent when read *after* it belonged to a deleted user (ids are never reused).
+        if outcome is Outcome.OK and await self.users.get(user_id) is None:
+            log.info("finished_earlier_delete", user_id=user_id)
+            await self._redis(self.counters.deleted(user_id))
 
     async def _mysql_counter(self, user_id: int) -> int | None:
         async def read() -> int | None:
@@ -116,4 +124,5 @@ class Store:
             return await call
         except REDIS_ERRORS as e:
             self.metrics.redis_errors.inc()
+            log.warning("redis_error", error=str(e), kind=type(e).__name__)
             raise RedisUnavailable("the counter store is unavailable, try again shortly") from e
