@@ -96,6 +96,15 @@ class Users:
                     self.pool.release(conn)
         except UsernameTaken:
             raise
-        except (OperationalError, InterfaceError, InternalError, OSError, TimeoutError) as e:
+        # RuntimeError: asyncmy raises it when a connection is reset while it is being set
+        # up ("Transport does not expose socket instance"); it is an outage, not a bug here.
+        except (
+            OperationalError,
+            InterfaceError,
+            InternalError,
+            OSError,
+            TimeoutError,
+            RuntimeError,
+        ) as e:
             self._on_error()
             raise MySQLUnavailable("the database is unavailable, try again shortly") from e
