@@ -17,6 +17,8 @@ log = structlog.get_logger("counter_svc")
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from counter_svc.serving import CoalescingHttpToolsProtocol
+
     log.info(
         "starting", **settings.safe_summary(), port=settings.port, workers=settings.web_concurrency
     )
@@ -26,7 +28,7 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.web_concurrency,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # httptools, one socket write per response
         access_log=False,  # the app writes one structured line per request
         log_config=None,
         proxy_headers=False,

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from counter_svc.backends import BackendGauges
 from counter_svc.connections import open_mysql, open_redis
 from counter_svc.counters import Counters, Keys
 from counter_svc.errors import HTTP_CODES, ApiError, error_response
 from counter_svc.metrics import Metrics
 from counter_svc.routes import ROUTES
+from counter_svc.security import protect
 from counter_svc.settings import Settings
 from counter_svc.store import Store
 from counter_svc.users import Users
@@ -29,14 +34,31 @@ log = structlog.get_logger("counter_svc.access")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _ROUTE_TEMPLATES: dict[object, str] = {route.endpoint: route.path for route in ROUTES}
 
+# Request ids: a random prefix per process and a counter, 32 hex digits like a uuid4 but
+# without reading the OS's random source (a syscall) on every request.
+_id_prefix = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def _reseed_request_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(8), itertools.count()
+
+
+os.register_at_fork(after_in_child=_reseed_request_ids)
+
 
 class RequestContext:
     """Per request: a request id (kept from `X-Request-ID` when sane), one access log
     line, metrics by route template, and a JSON 500 for anything unexpected."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: str = "all") -> None:
         self.app = app
         self.metrics = metrics
+        # ACCESS_LOG: the status from which a request gets its line (600: none).
+        self.log_from_status = {"all": 0, "errors": 400, "off": 600}[access_log]
+        # Labelled children, looked up once: `labels()` validates and locks on every call.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,16 +95,30 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             route = _ROUTE_TEMPLATES.get(scope.get("endpoint"), "unmatched")
             method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
-            log.info(
-                "request",
-                method=method,
-                route=route,
-                path=scope["path"],
-                status=status,
-                duration_ms=round(elapsed * 1000, 3),
+            requests, latency = self._metrics(method, route, status)
+            requests.inc()
+            latency.observe(elapsed)
+            if status >= self.log_from_status:
+                log.info(
+                    "request",
+                    method=method,
+                    route=route,
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                )
+
+    def _metrics(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests.labels(method, route, str(status)),
+                m.latency.labels(method, route),
             )
+            self._children[key] = children
+        return children
 
 
 def _request_id(scope: Scope) -> str:
@@ -92,7 +128,7 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID_RE.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return f"{_id_prefix}{next(_id_counter):016x}"
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -143,6 +179,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
     )
     app.router.redirect_slashes = False
     app.state.metrics = metrics
+    app.state.backend_gauges = BackendGauges(metrics, settings)  # refreshed by /metrics
     app.state.max_body_bytes = settings.max_body_bytes
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
+    protect(app, settings, metrics)  # security headers; CORS, rate limit, auth when configured
     return app

@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from counter_svc.grants import admin_settings, ensure_service_user
 from counter_svc.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -58,6 +59,18 @@ async def open_mysql(settings: Settings, *, minsize: int = 1, attempts: int = 1)
     raise AssertionError("unreachable")
 
 
+def redis_tls_options(settings: Settings) -> dict[str, str]:
+    """For a rediss:// URL: a private CA and a client certificate, when configured. The
+    server's certificate and host name are always checked."""
+    options = {}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    if settings.redis_tls_cert_file:
+        options["ssl_certfile"] = settings.redis_tls_cert_file
+        options["ssl_keyfile"] = settings.redis_tls_key_file
+    return options
+
+
 def open_redis(settings: Settings) -> Redis:
     """A Redis client on a blocking pool: under load callers wait for a connection
     (bounded by the timeout) instead of failing with 'too many connections'."""
@@ -72,13 +85,15 @@ def open_redis(settings: Settings) -> Redis:
         # Clients that need safe retries send an Idempotency-Key.
         retry=Retry(NoBackoff(), retries=0),
         **({"password": settings.redis_password} if settings.redis_password else {}),
+        **redis_tls_options(settings),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 async def migrate(settings: Settings) -> None:
-    """Create the database if it is missing and apply schema.sql (idempotent)."""
-    conn = await asyncmy.connect(**mysql_kwargs(settings))
+    """Create the database if it is missing and apply schema.sql (idempotent). Given
+    MYSQL_ADMIN_USER, do so as that user and set up the service's least-privilege user."""
+    conn = await asyncmy.connect(**mysql_kwargs(admin_settings(settings)))
     try:
         async with conn.cursor() as cur:
             # The name is validated in Settings (letters, digits, '_'), so quoting is safe.
@@ -89,6 +104,8 @@ async def migrate(settings: Settings) -> None:
             await cur.execute(f"USE `{settings.mysql_database}`")
             for statement in _statements(SCHEMA_SQL.read_text(encoding="utf-8")):
                 await cur.execute(statement)
+            if settings.mysql_admin_user:
+                await ensure_service_user(cur, settings)
     finally:
         conn.close()
 

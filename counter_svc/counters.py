@@ -15,6 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from counter_svc.pipelining import AutoPipeline
+
 
 class Outcome(IntEnum):
     """What a counter script found; shared with the Lua code as small integers."""
@@ -63,6 +65,10 @@ class Keys:
 
     def idem(self, user_id: int, key: str) -> str:
         return f"{self.tag(self.bucket(user_id))}:idem:{user_id}:{key}"
+
+    def rate_limit(self, client: str) -> str:
+        """The request budget of one client (an address or a /64); its own hash tag."""
+        return f"{self.prefix}:rl:{{{client}}}"
 
     def all_keys_pattern(self) -> str:
         return f"{self.prefix}:*"
@@ -191,12 +197,34 @@ return expired
 """
 
 
+# Rate limit, GCRA (a leaky bucket kept as one timestamp): `limit` requests per `period`,
+# at most `limit` at once. KEYS: the client's key. ARGV: ms per request, limit.
+# The key holds the "theoretical arrival time" of the next request. Redis' clock serves
+# every replica alike. Returns {allowed 1/0, remaining, ms until full, ms until allowed}.
+RATE_LIMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local period = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local allow_at = tat + interval - period
+if now < allow_at then
+  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
+return {1, math.floor((now - allow_at) / interval), math.ceil(tat - now), 0}
+"""
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class Counters:
-    """The counter operations of the API, each one Redis round trip."""
+    """The counter operations of the API, each one script call; the calls of concurrent
+    requests share round trips (`AutoPipeline`)."""
 
     def __init__(
         self,
@@ -213,6 +241,7 @@ class Counters:
         self._tombstone_s = tombstone_ttl_s
         self._absent_ms = absent_ttl_s * 1000
         self._idem_s = idem_ttl_s
+        self._calls = AutoPipeline(redis)
         self._increment: AsyncScript = redis.register_script(INCREMENT_LUA)
         self._read: AsyncScript = redis.register_script(READ_LUA)
         self._seed: AsyncScript = redis.register_script(SEED_LUA)
@@ -232,33 +261,33 @@ class Counters:
             k.idem(user_id, idem_key) if idem_key else "",
         ]
         args = [user_id, now_ms(), "" if seed is None else seed, self._idem_s]
-        return _result(await self._increment(keys=keys, args=args))
+        return _result(await self._calls.run(self._increment, keys, args))
 
     async def read(self, user_id: int) -> tuple[Outcome, int | None]:
         k = self.keys
         keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
-        return _result(await self._read(keys=keys))
+        return _result(await self._calls.run(self._read, keys, ()))
 
     async def seed(self, user_id: int, value: int) -> tuple[Outcome, int | None]:
         k = self.keys
         keys = [k.counter(user_id), k.gone(user_id)]
-        return _result(await self._seed(keys=keys, args=[value, self._idle_ms]))
+        return _result(await self._calls.run(self._seed, keys, (value, self._idle_ms)))
 
     async def mark_absent(self, user_id: int) -> tuple[Outcome, int | None]:
         k = self.keys
         keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
-        return _result(await self._mark_absent(keys=keys, args=[self._absent_ms]))
+        return _result(await self._calls.run(self._mark_absent, keys, (self._absent_ms,)))
 
     async def created(self, user_id: int) -> None:
         k = self.keys
         keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
-        await self._created(keys=keys, args=[self._idle_ms])
+        await self._calls.run(self._created, keys, (self._idle_ms,))
 
     async def deleted(self, user_id: int) -> None:
         k = self.keys
         b = k.bucket(user_id)
         keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id), k.dirty(b), k.inflight(b)]
-        await self._deleted(keys=keys, args=[user_id, self._tombstone_s])
+        await self._calls.run(self._deleted, keys, (user_id, self._tombstone_s))
 
 
 def _result(raw: Any) -> tuple[Outcome, int | None]:

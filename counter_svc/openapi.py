@@ -44,6 +44,13 @@ def _ok(description: str, data_schema: str) -> dict[str, Any]:
 
 
 _BAD_ID = _error("The id is not a decimal integer from 1 to 2147483647.")
+# Both exist only when configured (AUTH_TOKEN_FILE, RATE_LIMIT_PER_MINUTE); off by default.
+_UNAUTHORIZED = {
+    **_error("Authentication is on and no valid bearer token was sent."),
+    "headers": {"WWW-Authenticate": {"description": "Bearer.", "schema": {"type": "string"}}},
+}
+_RATE_LIMITED = _error("Rate limiting is on and this client spent its budget.", retry_after=True)
+_MAY_AUTH: list[dict[str, list[str]]] = [{}, {"bearer": []}]
 _NOT_FOUND = _error("No such user (never created, or deleted).")
 _UNAVAILABLE = _error("MySQL or Redis is unavailable; retry later.", retry_after=True)
 
@@ -69,6 +76,7 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
             "/api/v1/users": {
                 "post": {
                     "operationId": "createUser",
+                    "security": _MAY_AUTH,
                     "summary": "Create a user",
                     "requestBody": {
                         "required": True,
@@ -85,9 +93,11 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                             },
                         },
                         "400": _error("The body is not a JSON object with a valid username."),
+                        "401": _UNAUTHORIZED,
                         "409": _error("The username is taken."),
                         "413": _error(f"The body is larger than {max_body_bytes} bytes."),
                         "415": _error("The body is not declared as application/json."),
+                        "429": _RATE_LIMITED,
                         "503": _UNAVAILABLE,
                     },
                 }
@@ -101,16 +111,20 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                         "200": _ok("The user.", "User"),
                         "400": _BAD_ID,
                         "404": _NOT_FOUND,
+                        "429": _RATE_LIMITED,
                         "503": _UNAVAILABLE,
                     },
                 },
                 "delete": {
                     "operationId": "deleteUser",
+                    "security": _MAY_AUTH,
                     "summary": "Delete a user; it is never visible again",
                     "responses": {
                         "200": _ok("Deleted.", "Deleted"),
                         "400": _BAD_ID,
+                        "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
+                        "429": _RATE_LIMITED,
                         "503": _UNAVAILABLE,
                     },
                 },
@@ -124,6 +138,7 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                         "200": _ok("The counter.", "Count"),
                         "400": _BAD_ID,
                         "404": _NOT_FOUND,
+                        "429": _RATE_LIMITED,
                         "503": _UNAVAILABLE,
                     },
                 },
@@ -132,6 +147,7 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                 "parameters": [_USER_ID],
                 "put": {
                     "operationId": "increment",
+                    "security": _MAY_AUTH,
                     "summary": "Add one to a user's counter",
                     "description": "With an Idempotency-Key, a retry within 24 h returns "
                     "the first answer and does not count again.",
@@ -151,7 +167,9 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                     "responses": {
                         "200": _ok("The new value.", "Count"),
                         "400": _error("Bad id or Idempotency-Key."),
+                        "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
+                        "429": _RATE_LIMITED,
                         "503": _UNAVAILABLE,
                     },
                 },
@@ -194,6 +212,14 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Needed by create, increment and delete when the "
+                    "deployment sets AUTH_TOKEN_FILE.",
+                }
+            },
             "schemas": {
                 "NewUser": {
                     "type": "object",
@@ -240,6 +266,6 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                         "message": {"type": "string"},
                     },
                 },
-            }
+            },
         },
     }

@@ -181,6 +181,9 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    gauges = getattr(request.app.state, "backend_gauges", None)
+    if gauges is not None:  # usercounter_backend_up and Redis memory, as of this scrape
+        await gauges.refresh(store_of(request))
     body = generate_latest(request.app.state.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -19,6 +20,10 @@ from starlette.config import Config
 T = TypeVar("T")
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
+_ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
+
+IPNetwork = IPv4Network | IPv6Network
 
 
 class SettingsError(ValueError):
@@ -85,6 +90,59 @@ def _redis_url(config: Config) -> str:
     return url
 
 
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _items(config: Config, key: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks dropped."""
+    return tuple(x.strip() for x in read(config, key, str, "").split(",") if x.strip())
+
+
+def _networks(config: Config, key: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ip_network(x, strict=False) for x in _items(config, key))
+    except ValueError as e:
+        raise SettingsError(f"{key} must be IP addresses or CIDR ranges, comma-separated") from e
+
+
+def _origins(config: Config) -> tuple[str, ...]:
+    origins = _items(config, "CORS_ALLOW_ORIGINS")
+    for origin in origins:
+        if origin != "*" and not _ORIGIN_RE.fullmatch(origin):
+            raise SettingsError(
+                f"CORS_ALLOW_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+            )
+    return origins
+
+
+def _auth_tokens(config: Config) -> tuple[str, ...]:
+    """One token per line of AUTH_TOKEN_FILE; two lines let a token be rotated."""
+    raw = read_secret(config, "AUTH_TOKEN", "")
+    tokens = tuple(line.strip() for line in raw.splitlines() if line.strip())
+    if any(not _TOKEN_RE.fullmatch(t) for t in tokens):
+        # The token itself is left out of the message: it is a secret.
+        raise SettingsError(
+            "AUTH_TOKEN_FILE (or AUTH_TOKEN) must hold tokens of 16-512 characters "
+            "from A-Z a-z 0-9 - . _ ~ + / =, one per line"
+        )
+    return tokens
+
+
+def _tls_file(config: Config, key: str, url: str) -> str:
+    path = read(config, key, str, "")
+    if path and not url.startswith("rediss://"):
+        raise SettingsError(f"{key} needs a rediss:// REDIS_URL")
+    if path and not Path(path).is_file():
+        raise SettingsError(f"{key} names a file that does not exist")
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """Settings shared by the API and the sync worker."""
@@ -112,6 +170,19 @@ class Settings:
     max_body_bytes: int = 4096
     log_format: str = "auto"
     log_level: str = "info"
+    access_log: str = "all"
+    # Operations and protections (docs/operations.md); all off by default.
+    mysql_admin_user: str = ""
+    mysql_admin_password: str = field(default="", repr=False)
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
+    rate_limit_per_minute: int = 0
+    rate_limit_trusted_proxies: tuple[IPNetwork, ...] = ()
+    cors_allow_origins: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    request_timeout_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, config: Config | None = None) -> Settings:
@@ -124,15 +195,28 @@ class Settings:
         database = read(c, "MYSQL_DATABASE", str, "usercounter")
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", database):
             raise SettingsError("MYSQL_DATABASE must be 1-64 letters, digits or '_'")
+        mysql_user = read(c, "MYSQL_USER", str, "root")
+        admin_user = read(c, "MYSQL_ADMIN_USER", str, "")
+        if admin_user and admin_user == mysql_user:
+            raise SettingsError("MYSQL_ADMIN_USER must differ from MYSQL_USER (the service's user)")
+        redis_url = _redis_url(c)
+        cert = _tls_file(c, "REDIS_TLS_CERT_FILE", redis_url)
+        key = _tls_file(c, "REDIS_TLS_KEY_FILE", redis_url)
+        if bool(cert) != bool(key):
+            raise SettingsError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+        origins = _origins(c)
+        credentials = read(c, "CORS_ALLOW_CREDENTIALS", boolean, False)
+        if credentials and "*" in origins:
+            raise SettingsError("CORS_ALLOW_CREDENTIALS cannot be used with CORS_ALLOW_ORIGINS=*")
         return cls(
             mysql_host=read(c, "MYSQL_HOST", str, "127.0.0.1"),
             mysql_port=read_int(c, "MYSQL_PORT", 3306, 1, 65535),
-            mysql_user=read(c, "MYSQL_USER", str, "root"),
+            mysql_user=mysql_user,
             mysql_password=read_secret(c, "MYSQL_PASSWORD", ""),
             mysql_database=database,
             mysql_pool_size=read_int(c, "MYSQL_POOL_SIZE", 10, 1, 1000),
             mysql_timeout_seconds=read_float(c, "MYSQL_TIMEOUT_SECONDS", 2.0, 0.05, 300),
-            redis_url=_redis_url(c),
+            redis_url=redis_url,
             redis_password=read_secret(c, "REDIS_PASSWORD", ""),
             redis_pool_size=read_int(c, "REDIS_POOL_SIZE", 64, 1, 10_000),
             redis_timeout_seconds=read_float(c, "REDIS_TIMEOUT_SECONDS", 1.0, 0.05, 300),
@@ -154,6 +238,18 @@ class Settings:
             log_level=read_choice(
                 c, "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
             ),
+            access_log=read_choice(c, "ACCESS_LOG", "all", ("all", "errors", "off")),
+            mysql_admin_user=admin_user,
+            mysql_admin_password=read_secret(c, "MYSQL_ADMIN_PASSWORD", ""),
+            redis_tls_ca_file=_tls_file(c, "REDIS_TLS_CA_FILE", redis_url),
+            redis_tls_cert_file=cert,
+            redis_tls_key_file=key,
+            rate_limit_per_minute=read_int(c, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000),
+            rate_limit_trusted_proxies=_networks(c, "RATE_LIMIT_TRUSTED_PROXIES"),
+            cors_allow_origins=origins,
+            cors_allow_credentials=credentials,
+            auth_tokens=_auth_tokens(c),
+            request_timeout_seconds=read_float(c, "REQUEST_TIMEOUT_SECONDS", 0.0, 0.0, 300),
         )
 
     def safe_summary(self) -> dict[str, Any]:

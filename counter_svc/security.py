@@ -1,0 +1,155 @@
+"""HTTP protections around the API: security headers, CORS, a request timeout, and
+`protect()`, which puts them (with rate limiting and authentication) in order.
+
+Only the security headers are always on, and they cost one list concatenation per
+response. Every other protection is added to the stack only when configured, so the
+default path runs none of their code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from counter_svc.auth import BearerAuth
+from counter_svc.counters import Keys
+from counter_svc.errors import error_response
+from counter_svc.metrics import Metrics
+from counter_svc.ratelimit import RateLimit
+from counter_svc.rejections import refuse
+from counter_svc.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# A JSON API: nothing in an answer may run, frame, sniff or leak the referrer; nothing
+# may be cached by a proxy (a counter read is stale the moment it is stored).
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+)
+
+CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID")
+CORS_EXPOSED_HEADERS = (
+    "Location",
+    "Retry-After",
+    "X-Request-ID",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+)
+
+
+class SecurityHeaders:
+    """Appends `SECURITY_HEADERS` to every HTTP answer, errors and 500s included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class JsonCORS(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the API's JSON error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        headers.pop("content-type", None)
+        return error_response(400, "cors_rejected", bytes(response.body).decode(), headers)
+
+
+class RequestTimeout:
+    """503 with `Retry-After` when an `/api/` request takes longer than the limit.
+
+    The work in progress is cancelled: its MySQL connection is closed, never reused. An
+    increment cancelled after Redis counted it is still counted; clients that retry on
+    503 send an `Idempotency-Key` to stay exact."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, send_tracking)
+        except TimeoutError:
+            if started:
+                raise
+            log.warning("request_timeout", method=scope["method"], path=scope["path"])
+            response = error_response(
+                503,
+                "timeout",
+                f"the request took longer than {self.seconds:g} s; try again shortly",
+                {"Retry-After": "1"},
+            )
+            await refuse(response, scope, receive, send)
+
+
+def protect(app: Starlette, settings: Settings, metrics: Metrics) -> None:
+    """Wrap the app's middleware: security headers outermost (they reach the 500 the
+    request middleware writes); inside it, in order, CORS (so 401 and 429 carry CORS
+    headers), rate limit (before auth: guessing tokens costs budget), auth, and the
+    timeout nearest the handlers."""
+    app.user_middleware.insert(0, Middleware(SecurityHeaders))
+    inner = []
+    if settings.cors_allow_origins:
+        inner.append(
+            Middleware(
+                JsonCORS,
+                allow_origins=settings.cors_allow_origins,
+                allow_methods=CORS_METHODS,
+                allow_headers=CORS_REQUEST_HEADERS,
+                allow_credentials=settings.cors_allow_credentials,
+                expose_headers=CORS_EXPOSED_HEADERS,
+            )
+        )
+    if settings.rate_limit_per_minute:
+        inner.append(
+            Middleware(
+                RateLimit,
+                per_minute=settings.rate_limit_per_minute,
+                trusted_proxies=settings.rate_limit_trusted_proxies,
+                keys=Keys(settings.key_prefix, settings.buckets),
+                metrics=metrics,
+            )
+        )
+    if settings.auth_tokens:
+        inner.append(Middleware(BearerAuth, tokens=settings.auth_tokens))
+    if settings.request_timeout_seconds:
+        inner.append(Middleware(RequestTimeout, seconds=settings.request_timeout_seconds))
+    app.user_middleware.extend(inner)

@@ -1,0 +1,81 @@
+"""uvicorn's httptools protocol with one socket write per response instead of two.
+
+uvicorn writes the status line and headers as soon as the app sends
+`http.response.start`, and the body on `http.response.body`: two `send()` calls and two
+TCP segments per response. On loopback and in containers each one costs a trip through
+the kernel's TCP stack, for the server and again for the client. Here the writes of one
+event-loop tick are joined and handed to the transport at the end of the tick: the bytes
+on the wire are the same, in the same order. `bench/levers.py` measured the difference
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# Past this many bytes held, write at once: a large or streamed body is not held back.
+FLUSH_BYTES = 64 * 1024
+
+
+class CoalescingTransport:
+    """A transport that defers its writes to the end of the current loop tick."""
+
+    __slots__ = ("_buffer", "_held", "_loop", "_scheduled", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._buffer: list[bytes] = []
+        self._held = 0
+        self._scheduled = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self._buffer.append(bytes(data))
+        self._held += len(data)
+        if self._held >= FLUSH_BYTES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._buffer:
+            return
+        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        self._buffer.clear()
+        self._held = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()  # a response written just before `Connection: close` still goes out
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._buffer.clear()
+        self._held = 0
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._held
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (is_closing, pause_reading, get_extra_info, ...) as is.
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """`uvicorn --http httptools`, writing each response with one socket write."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
