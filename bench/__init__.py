@@ -1,0 +1,1 @@
+"""`make bench`: the benchmark runner (see bench/run.py)."""
