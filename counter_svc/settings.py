@@ -252,6 +252,24 @@ class Settings:
             request_timeout_seconds=read_float(c, "REQUEST_TIMEOUT_SECONDS", 0.0, 0.0, 300),
         )
 
+    def environ(self) -> dict[str, str]:
+        """The variables with which a child process (a worker, a server under test) reads
+        the same connection settings, key layout and buckets."""
+        env = {
+            "MYSQL_HOST": self.mysql_host,
+            "MYSQL_PORT": str(self.mysql_port),
+            "MYSQL_USER": self.mysql_user,
+            "MYSQL_PASSWORD": self.mysql_password,
+            "MYSQL_DATABASE": self.mysql_database,
+            "REDIS_URL": self.redis_url,
+            "REDIS_KEY_PREFIX": self.key_prefix,
+            "COUNTER_BUCKETS": str(self.buckets),
+            "COUNTER_IDLE_TTL_SECONDS": str(self.idle_ttl_seconds),
+        }
+        if self.redis_password:
+            env["REDIS_PASSWORD"] = self.redis_password
+        return env
+
     def safe_summary(self) -> dict[str, Any]:
         """What may be logged at start-up: no passwords, no URL credentials."""
         parts = urlsplit(self.redis_url)

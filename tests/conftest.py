@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
+from subprocess import Popen
 
 import asyncmy
 import httpx
@@ -120,46 +122,42 @@ async def create_user(client: httpx.AsyncClient, username: str) -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process read `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_"))}
-    env.update(
-        MYSQL_HOST=settings.mysql_host,
-        MYSQL_PORT=str(settings.mysql_port),
-        MYSQL_USER=settings.mysql_user,
-        MYSQL_PASSWORD=settings.mysql_password,
-        MYSQL_DATABASE=settings.mysql_database,
-        REDIS_URL=settings.redis_url,
-        REDIS_KEY_PREFIX=settings.key_prefix,
-        COUNTER_BUCKETS=str(settings.buckets),
-        LOG_FORMAT="json",
-        ENV_FILE=os.devnull,
-    )
-    return env
+    """The environment that makes a child process read `settings` (and no `.env`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "SYNC_"))}
+    return env | settings.environ() | {"LOG_FORMAT": "json", "ENV_FILE": os.devnull}
 
 
-@pytest.fixture(scope="module")
-def live_server(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m counter_svc serve` as a real process on a free port; yields its base URL."""
-    import asyncio
-
-    asyncio.run(migrate(base_settings))
+@contextmanager
+def serving(settings: Settings, log_path: Path, **env: str) -> Iterator[tuple[str, Popen[bytes]]]:
+    """`python -m counter_svc serve` as a real process on a free port, with extra
+    variables; its output goes to `log_path`. Yields its base URL and the process."""
     port = free_port()
-    env = settings_env(base_settings) | {"PORT": str(port), "HOST": "127.0.0.1"}
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
+    full_env = settings_env(settings) | {"PORT": str(port), "HOST": "127.0.0.1"} | env
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "counter_svc", "serve"],
-            env=env,
+            env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
         try:
             wait_until(lambda: port_open(port), 20, "the API to listen")
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def live_server(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API as a real process on the run's database; yields its base URL."""
+    import asyncio
+
+    asyncio.run(migrate(base_settings))
+    with serving(base_settings, tmp_path_factory.mktemp("api") / "api.log") as (url, _):
+        yield url

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from counter_svc.settings import Settings
-from tests.conftest import settings_env
-from tests.faults import free_port, port_open, wait_until
+from tests.conftest import serving
 
 pytestmark = pytest.mark.slow
 
@@ -24,35 +21,21 @@ def test_serve_logs_json_with_request_id_hides_secrets_and_stops_cleanly(
     """JSON access lines carry the request id; the password never appears; SIGTERM exits 0."""
     secret = tmp_path / "mysql-password"
     secret.write_text("Very-Secret-Pw-42")
-    port = free_port()
-    env = settings_env(settings) | {
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
+    log_path = tmp_path / "api.log"
+    env = {
         "MYSQL_PASSWORD_FILE": str(secret),
         "REDIS_URL": settings.redis_url.replace("redis://", "redis://:redis-Secret-7@"),
     }
-    log_path = tmp_path / "api.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "counter_svc", "serve"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(lambda: port_open(port), 20, "the API to listen")
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/readyz", headers={"X-Request-ID": "probe-1"}
-            )
-            with pytest.raises(urllib.error.HTTPError) as answer:
-                urllib.request.urlopen(request, timeout=10)
-            # Wrong credentials for both stores: not ready, but alive and saying why.
-            assert answer.value.code == 503
-            answer.value.close()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            # uvicorn finishes in-flight requests, then re-raises SIGTERM as its exit status.
-            assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+    with serving(settings, log_path, **env) as (url, proc):
+        request = urllib.request.Request(f"{url}/readyz", headers={"X-Request-ID": "probe-1"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        # Wrong credentials for both stores: not ready, but alive and saying why.
+        assert answer.value.code == 503
+        answer.value.close()
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn finishes in-flight requests, then re-raises SIGTERM as its exit status.
+        assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
     text = log_path.read_text()
     assert "Very-Secret-Pw-42" not in text
     assert "redis-Secret-7" not in text

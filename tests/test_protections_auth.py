@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,8 +12,7 @@ import pytest
 from starlette.config import Config
 
 from counter_svc.settings import Settings, SettingsError
-from tests.conftest import create_user, running_app, settings_env
-from tests.faults import free_port, port_open, wait_until
+from tests.conftest import create_user, running_app, serving
 
 TOTAL = "usercounter_http_requests_total{"
 TOKEN = "tok-0123456789abcdef-SECRET"
@@ -125,22 +121,9 @@ def test_a_weak_or_malformed_token_stops_start_up(tmp_path: Path, content: str) 
 
 @contextmanager
 def serve(settings: Settings, log_path: Path, **env: str) -> Iterator[str]:
-    """`python -m counter_svc serve` with extra variables; its output goes to `log_path`."""
-    port = free_port()
-    full_env = settings_env(settings) | {"PORT": str(port), "HOST": "127.0.0.1"} | env
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "counter_svc", "serve"],
-            env=full_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(lambda: port_open(port), 20, "the API to listen")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=15)
+    """The API as a real process with extra variables; yields its base URL."""
+    with serving(settings, log_path, **env) as (url, _):
+        yield url
 
 
 async def test_tokens_never_appear_in_the_logs(settings: Settings, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ what MySQL and Redis hold, and the worker run as a real process."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from counter_svc.counters import Counters, Keys, Outcome
 from counter_svc.settings import Settings
 from sync_worker.settings import WorkerSettings
+from tests.conftest import settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,29 +124,16 @@ class Load:
 
 
 def worker_env(ws: WorkerSettings, **extra: str) -> dict[str, str]:
-    s = ws.base
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "MYSQL_", "REDIS_"))}
-    env.update(
-        ENV_FILE=os.devnull,
-        MYSQL_HOST=s.mysql_host,
-        MYSQL_PORT=str(s.mysql_port),
-        MYSQL_USER=s.mysql_user,
-        MYSQL_PASSWORD=s.mysql_password,
-        MYSQL_DATABASE=s.mysql_database,
-        REDIS_URL=s.redis_url,
-        REDIS_KEY_PREFIX=s.key_prefix,
-        COUNTER_BUCKETS=str(s.buckets),
-        COUNTER_IDLE_TTL_SECONDS=str(s.idle_ttl_seconds),
-        SYNC_INTERVAL_SECONDS=str(ws.interval_seconds),
-        SYNC_BATCH_SIZE=str(ws.batch_size),
-        SYNC_LEASE_SECONDS=str(ws.lease_seconds),
-        SYNC_CONCURRENCY=str(ws.concurrency),
-        SYNC_METRICS_PORT=str(ws.metrics_port),
-        SYNC_HEALTH_MAX_AGE_SECONDS=str(ws.health_max_age_seconds),
-        SYNC_SHUTDOWN_TIMEOUT_SECONDS=str(ws.shutdown_timeout_seconds),
-        LOG_FORMAT="json",
-        LOG_LEVEL="info",
-    )
+    env = settings_env(ws.base) | {
+        "SYNC_INTERVAL_SECONDS": str(ws.interval_seconds),
+        "SYNC_BATCH_SIZE": str(ws.batch_size),
+        "SYNC_LEASE_SECONDS": str(ws.lease_seconds),
+        "SYNC_CONCURRENCY": str(ws.concurrency),
+        "SYNC_METRICS_PORT": str(ws.metrics_port),
+        "SYNC_HEALTH_MAX_AGE_SECONDS": str(ws.health_max_age_seconds),
+        "SYNC_SHUTDOWN_TIMEOUT_SECONDS": str(ws.shutdown_timeout_seconds),
+        "LOG_LEVEL": "info",
+    }
     env.update(extra)
     return env
 
