@@ -181,7 +181,7 @@ def _resources(r: dict[str, Any]) -> list[str]:
 
 
 def _targets(r: dict[str, Any]) -> list[str]:
-    lines = ["", "### Targets (issue 5)", "", "| target | measured | |", "|---|---|---|"]
+    lines = ["", "### Targets", "", "| target | measured | |", "|---|---|---|"]
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |")
     return lines

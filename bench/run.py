@@ -3,7 +3,7 @@ was lost, and write docs/benchmarks.md.
 
     python -m bench.run [--duration 20] [--vus 64] [--workers N] [--rounds 2] [--quick]
 
-Phases, in one session: the `/healthz` ceiling, `increment.js` (then: wait for the drain
+Phases, in one run: the `/healthz` ceiling, `increment.js` (then: wait for the drain
 and compare MySQL with the increments k6 saw acknowledged), `read_heavy.js` (the same
 check), redis-benchmark, and the drain rate of a worker started on a large backlog.
 A mismatch, or a phase that cannot run, exits non-zero.
