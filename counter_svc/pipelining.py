@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 # Bounds the work (and the reply) of one pipeline; a larger batch becomes several.
@@ -54,6 +55,16 @@ class AutoPipeline:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Call]) -> None:
+        try:
+            await self._deliver(batch)
+        finally:
+            # Never leave a caller waiting forever (a reply count that does not match, or
+            # this task cancelled at shutdown): whoever is still waiting gets an error.
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(RedisConnectionError("no reply from Redis"))
+
+    async def _deliver(self, batch: list[_Call]) -> None:
         try:
             if len(batch) == 1:
                 replies = [await self._evalsha(batch[0][0], batch[0][1])]

@@ -83,18 +83,24 @@ class JsonCORS(CORSMiddleware):
 
 
 class RequestTimeout:
-    """503 with `Retry-After` when an `/api/` request takes longer than the limit.
+    """503 with `Retry-After` when an `/api/` read takes longer than the limit.
 
-    The work in progress is cancelled: its MySQL connection is closed, never reused. An
-    increment cancelled after Redis counted it is still counted; clients that retry on
-    503 send an `Idempotency-Key` to stay exact."""
+    Only reads (GET, HEAD) are cut off: their work is cancelled and their MySQL connection
+    closed, never reused. Writes are not: cutting one between its MySQL and Redis steps,
+    or after Redis counted an increment, would answer 503 for a change that happened
+    (a deleted user could keep counting). They are bounded by MYSQL_TIMEOUT_SECONDS and
+    REDIS_TIMEOUT_SECONDS instead, step by step."""
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app = app
         self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("GET", "HEAD")
+            or not scope["path"].startswith("/api/")
+        ):
             await self.app(scope, receive, send)
             return
         started = False

@@ -26,6 +26,12 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 IPNetwork = IPv4Network | IPv6Network
 
 
+# Accounts migrate must never take over as the least-privilege service user.
+_RESERVED_MYSQL_USERS = frozenset(
+    {"root", "mysql.sys", "mysql.session", "mysql.infoschema", "mariadb.sys", "debian-sys-maint"}
+)
+
+
 class SettingsError(ValueError):
     """A configuration variable is missing or holds a value the service cannot use."""
 
@@ -199,6 +205,12 @@ class Settings:
         admin_user = read(c, "MYSQL_ADMIN_USER", str, "")
         if admin_user and admin_user == mysql_user:
             raise SettingsError("MYSQL_ADMIN_USER must differ from MYSQL_USER (the service's user)")
+        if admin_user and mysql_user.lower() in _RESERVED_MYSQL_USERS:
+            # migrate would set this account's password and cut its grants down.
+            raise SettingsError(
+                f"MYSQL_USER must name the service's own account when MYSQL_ADMIN_USER is set, "
+                f"not {mysql_user!r}"
+            )
         redis_url = _redis_url(c)
         cert = _tls_file(c, "REDIS_TLS_CERT_FILE", redis_url)
         key = _tls_file(c, "REDIS_TLS_KEY_FILE", redis_url)

@@ -80,6 +80,7 @@ class FaultProxy:
         self._held: list[socket.socket] = []
         self._blocked = False
         self._hang = False
+        self._delay = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
         self.connections = 0  # accepted and passed through, for tests that want to know
@@ -112,6 +113,10 @@ class FaultProxy:
             self._live.clear()
         for sock in live:
             _close(sock)
+
+    def delay(self, seconds: float) -> None:
+        """Hold every chunk of data, either way, this long before passing it on (0: none)."""
+        self._delay = seconds
 
     def restore(self) -> None:
         """Let new connections through again (connections cut by `block` stay cut)."""
@@ -176,6 +181,8 @@ class FaultProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self._delay:
+                    time.sleep(self._delay)
                 dst.sendall(data)
         except OSError:
             pass

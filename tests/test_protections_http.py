@@ -7,9 +7,11 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from starlette.config import Config
 
 from counter_svc.app import create_app
+from counter_svc.counters import Keys
 from counter_svc.security import SECURITY_HEADERS
 from counter_svc.settings import Settings, SettingsError
 from tests.conftest import create_user, running_app
@@ -144,7 +146,7 @@ def test_cors_origin_must_be_an_origin(origin: str) -> None:
 
 
 async def test_request_timeout_answers_503_json(settings: Settings) -> None:
-    """With REQUEST_TIMEOUT_SECONDS, a request stuck on a hung MySQL is cut off at that
+    """With REQUEST_TIMEOUT_SECONDS, a read stuck on a hung MySQL is cut off at that
     bound with a JSON 503 and Retry-After, long before MySQL's own timeout."""
     with FaultProxy(settings.mysql_host, settings.mysql_port) as proxy:
         slow = replace(
@@ -157,10 +159,32 @@ async def test_request_timeout_answers_503_json(settings: Settings) -> None:
         async with running_app(slow) as client:
             proxy.block(hang=True)
             started = time.perf_counter()
-            response = await client.post("/api/v1/users", json={"username": "slow"})
+            response = await client.get("/api/v1/users/1")
             elapsed = time.perf_counter() - started
     assert response.status_code == 503
     assert response.json()["error"] == "timeout"
     assert response.headers["retry-after"] == "1"
     assert_security_headers(response)
     assert elapsed < 2.0
+
+
+async def test_request_timeout_never_splits_a_delete(settings: Settings, redis: Redis) -> None:
+    """A delete slower than REQUEST_TIMEOUT_SECONDS is not cut off between its MySQL and
+    Redis steps: the user is deleted everywhere, and increments answer 404 after it."""
+    with FaultProxy(settings.mysql_host, settings.mysql_port) as proxy:
+        slow = replace(
+            settings,
+            mysql_host="127.0.0.1",
+            mysql_port=proxy.port,
+            request_timeout_seconds=0.05,
+        )
+        async with running_app(slow) as client:
+            created = await client.post("/api/v1/users", json={"username": "slow-delete"})
+            user_id = created.json()["data"]["id"]
+            assert (await client.put(f"/api/v1/users/{user_id}/increment")).status_code == 200
+            proxy.delay(0.2)  # every MySQL reply now takes longer than the request timeout
+            deleted = await client.delete(f"/api/v1/users/{user_id}")
+            proxy.delay(0)
+            assert deleted.status_code == 200
+            assert (await client.put(f"/api/v1/users/{user_id}/increment")).status_code == 404
+    assert not await redis.exists(Keys(settings.key_prefix, settings.buckets).counter(user_id))

@@ -92,3 +92,9 @@ def test_bad_setting_stops_serve_with_a_clear_message() -> None:
     assert proc.returncode == 2
     assert "COUNTER_BUCKETS" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_migrate_never_takes_over_root_as_the_service_user() -> None:
+    """With admin credentials for migrate, MYSQL_USER=root is refused, naming MYSQL_USER."""
+    with pytest.raises(SettingsError, match="MYSQL_USER"):
+        Settings.from_env(config(MYSQL_ADMIN_USER="admin", MYSQL_USER="root"))
