@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from counter_svc.errors import error_response
 from counter_svc.rejections import refuse
+from counter_svc.routes import ROUTES
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SCOPE_PATH = "/api/"
@@ -44,7 +46,9 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         token = presented_token(scope)
-        if token is not None and self._valid(token):
+        if (token is not None and self._valid(token)) or not _routed(scope):
+            # An unknown route or a wrong method gets its 404/405 from the router, as
+            # without auth: a token cannot change that answer.
             await self.app(scope, receive, send)
             return
         challenge = 'Bearer realm="usercounter"'
@@ -65,3 +69,8 @@ class BearerAuth:
         for expected in self.tokens:
             matched |= hmac.compare_digest(token, expected)
         return matched
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route of the API takes this method and path."""
+    return any(route.matches(scope)[0] is Match.FULL for route in ROUTES)

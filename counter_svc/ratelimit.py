@@ -36,14 +36,14 @@ def client_address(
     """The address to charge: the peer, or, behind trusted proxies, the right-most
     `X-Forwarded-For` entry that is not one of them."""
     try:
-        address: IPv4Address | IPv6Address = ip_address(peer or "")
+        address = _plain(ip_address(peer or ""))
     except ValueError:
         return peer or "unknown"
     if trusted and _is_trusted(address, trusted):
         hops = [h.strip() for value in forwarded_for for h in value.split(",")]
         for hop in reversed(hops):
             try:
-                candidate = ip_address(hop)
+                candidate = _plain(ip_address(hop))
             except ValueError:
                 break  # garbage from the client: keep the last trusted hop
             address = candidate
@@ -54,6 +54,17 @@ def client_address(
             return str(address.ipv4_mapped)
         return str(ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def _plain(address: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+    """An IPv4 peer seen through an IPv6 socket (::ffff:a.b.c.d) as the IPv4 address it is,
+    so it matches IPv4 entries of RATE_LIMIT_TRUSTED_PROXIES; no zone id (fe80::1%eth0)."""
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped:
+            return address.ipv4_mapped
+        if address.scope_id:
+            return IPv6Address(str(address).split("%", 1)[0])
+    return address
 
 
 def _is_trusted(address: IPv4Address | IPv6Address, trusted: tuple[IPNetwork, ...]) -> bool:

@@ -49,6 +49,15 @@ async def test_mutations_without_a_token_get_a_json_401(settings: Settings) -> N
             assert response.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_wrong_method_and_unknown_route_keep_405_and_404(settings: Settings) -> None:
+    """With auth on, a wrong method still answers 405 and an unknown route 404, not 401."""
+    async with running_app(with_auth(settings)) as client:
+        wrong_method = await client.put("/api/v1/users/1")
+        assert wrong_method.status_code == 405
+        assert "DELETE" in wrong_method.headers["allow"]
+        assert (await client.delete("/api/v1/nothing")).status_code == 404
+
+
 async def test_refusals_are_counted_under_their_route(settings: Settings) -> None:
     """A 401 is labelled with the route it was refused on in the request metrics."""
     async with running_app(with_auth(settings)) as client:

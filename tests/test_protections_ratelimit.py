@@ -140,6 +140,9 @@ async def test_the_budget_refills_over_time(redis: Redis, settings: Settings) ->
         ("127.0.0.1", [], (PROXY,), "127.0.0.1"),
         ("2001:db8:1:2:3:4:5:6", [], (), "2001:db8:1:2::/64"),
         ("::ffff:192.0.2.5", [], (), "192.0.2.5"),
+        # An IPv4 proxy seen through an IPv6 socket is still the trusted proxy.
+        ("::ffff:127.0.0.1", ["203.0.113.9"], (PROXY,), "203.0.113.9"),
+        ("fe80::1%eth0", [], (), "fe80::/64"),
     ],
 )
 def test_client_address(
