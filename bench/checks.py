@@ -104,15 +104,7 @@ async def make_backlog(settings: Settings, n: int, username_prefix: str) -> list
     finally:
         conn.close()
     redis = open_redis(settings)
-    keys = Keys(settings.key_prefix, settings.buckets)
-    counters = Counters(
-        redis,
-        keys,
-        settings.idle_ttl_seconds,
-        settings.tombstone_ttl_seconds,
-        settings.absent_ttl_seconds,
-        settings.idempotency_ttl_seconds,
-    )
+    counters = Counters.from_settings(redis, settings)
     try:
         for start in range(0, len(ids), 200):
             await asyncio.gather(*(counters.increment(i, seed=0) for i in ids[start : start + 200]))

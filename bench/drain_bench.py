@@ -21,7 +21,7 @@ from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
 from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
-from counter_svc.counters import Keys, now_ms
+from counter_svc.counters import Keys, delete_all, now_ms
 from counter_svc.logs import configure_logging
 from counter_svc.settings import Settings, load_config
 from sync_worker.drain import Drainer
@@ -67,17 +67,6 @@ async def mysql_total(mysql: Pool) -> int:
         return int(total)
 
 
-async def delete_keys(redis: Redis, prefix: str) -> None:
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await redis.delete(*batch)
-            batch.clear()
-    if batch:
-        await redis.delete(*batch)
-
-
 async def run(n: int, buckets: int) -> list[Result]:
     run_id = f"{os.getpid()}"
     settings = replace(
@@ -110,7 +99,7 @@ async def run(n: int, buckets: int) -> list[Result]:
                 results.append(Result(batch_size, concurrency, seconds, batches))
                 print(f"batch {batch_size:>5}  concurrency {concurrency}  {n / seconds:>9,.0f}/s")
     finally:
-        await delete_keys(redis, settings.key_prefix)
+        await delete_all(redis, Keys(settings.key_prefix, settings.buckets))
         await redis.aclose()
         mysql.close()
         await mysql.wait_closed()

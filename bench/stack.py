@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncmy
 
 from counter_svc.connections import migrate, mysql_kwargs, open_redis
+from counter_svc.counters import Keys, delete_all
 from counter_svc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,13 +205,6 @@ async def drop(settings: Settings) -> None:
 async def delete_keys(settings: Settings) -> None:
     redis = open_redis(settings)
     try:
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=f"{settings.key_prefix}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                await redis.delete(*batch)
-                batch.clear()
-        if batch:
-            await redis.delete(*batch)
+        await delete_all(redis, Keys(settings.key_prefix, settings.buckets))
     finally:
         await redis.aclose()

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from counter_svc.backends import BackendGauges
 from counter_svc.connections import open_mysql, open_redis
-from counter_svc.counters import Counters, Keys
+from counter_svc.counters import Counters
 from counter_svc.errors import HTTP_CODES, ApiError, error_response
 from counter_svc.metrics import Metrics
 from counter_svc.routes import ROUTES
@@ -154,15 +154,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         # minsize=0: the API starts, and answers 503, while MySQL is still down.
         pool = await open_mysql(settings, minsize=0)
         redis = open_redis(settings)
-        keys = Keys(settings.key_prefix, settings.buckets)
-        counters = Counters(
-            redis,
-            keys,
-            settings.idle_ttl_seconds,
-            settings.tombstone_ttl_seconds,
-            settings.absent_ttl_seconds,
-            settings.idempotency_ttl_seconds,
-        )
+        counters = Counters.from_settings(redis, settings)
         users = Users(pool, settings.mysql_timeout_seconds, metrics.mysql_errors.inc)
         app.state.store = Store(users, counters, metrics)
         try:

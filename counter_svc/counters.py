@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from counter_svc.pipelining import AutoPipeline
+from counter_svc.settings import Settings
 
 
 class Outcome(IntEnum):
@@ -218,6 +219,20 @@ return {1, math.floor((now - allow_at) / interval), math.ceil(tat - now), 0}
 """
 
 
+async def delete_all(redis: Redis, keys: Keys) -> int:
+    """Delete every key of this prefix (a test run, a benchmark, a retired tenant)."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=keys.all_keys_pattern(), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await redis.delete(*batch)
+            batch.clear()
+    if batch:
+        deleted += await redis.delete(*batch)
+    return deleted
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -248,6 +263,17 @@ class Counters:
         self._mark_absent: AsyncScript = redis.register_script(MARK_ABSENT_LUA)
         self._created: AsyncScript = redis.register_script(CREATED_LUA)
         self._deleted: AsyncScript = redis.register_script(DELETED_LUA)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> Counters:
+        return cls(
+            redis,
+            Keys(settings.key_prefix, settings.buckets),
+            settings.idle_ttl_seconds,
+            settings.tombstone_ttl_seconds,
+            settings.absent_ttl_seconds,
+            settings.idempotency_ttl_seconds,
+        )
 
     async def increment(
         self, user_id: int, idem_key: str | None = None, seed: int | None = None

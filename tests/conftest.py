@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from counter_svc.app import create_app
 from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
+from counter_svc.counters import Keys, delete_all
 from counter_svc.settings import Settings, load_config
 from tests.faults import free_port, port_open, wait_until
 
@@ -52,21 +53,10 @@ def _drop_run(settings: Settings) -> None:
             await cur.execute(f"DROP DATABASE IF EXISTS `{settings.mysql_database}`")
         conn.close()
         redis = open_redis(settings)
-        await _delete_keys(redis, settings.key_prefix)
+        await delete_all(redis, Keys(settings.key_prefix, settings.buckets))
         await redis.aclose()
 
     asyncio.run(drop())
-
-
-async def _delete_keys(redis: Redis, prefix: str) -> None:
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await redis.delete(*batch)
-            batch.clear()
-    if batch:
-        await redis.delete(*batch)
 
 
 @pytest.fixture
@@ -78,7 +68,7 @@ async def settings(base_settings: Settings) -> Settings:
         await cur.execute("DELETE FROM users")
     conn.close()
     redis = open_redis(base_settings)
-    await _delete_keys(redis, base_settings.key_prefix)
+    await delete_all(redis, Keys(base_settings.key_prefix, base_settings.buckets))
     await redis.aclose()
     return base_settings
 

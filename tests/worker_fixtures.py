@@ -28,15 +28,7 @@ def keys_of(settings: Settings) -> Keys:
 
 
 def counters_of(redis: Redis, settings: Settings) -> Counters:
-    s = settings
-    return Counters(
-        redis,
-        keys_of(s),
-        s.idle_ttl_seconds,
-        s.tombstone_ttl_seconds,
-        s.absent_ttl_seconds,
-        s.idempotency_ttl_seconds,
-    )
+    return Counters.from_settings(redis, settings)
 
 
 def worker_settings(settings: Settings, **overrides: object) -> WorkerSettings:
