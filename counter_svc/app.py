@@ -24,7 +24,7 @@ from counter_svc.counters import Counters
 from counter_svc.errors import HTTP_CODES, ApiError, error_response
 from counter_svc.metrics import Metrics
 from counter_svc.routes import ROUTES
-from counter_svc.security import protect
+from counter_svc.security import SECURITY_HEADERS, protect
 from counter_svc.settings import Settings
 from counter_svc.store import Store
 from counter_svc.users import Users
@@ -49,8 +49,9 @@ os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
 class RequestContext:
-    """Per request: a request id (kept from `X-Request-ID` when sane), one access log
-    line, metrics by route template, and a JSON 500 for anything unexpected."""
+    """Per request: a request id (kept from `X-Request-ID` when sane), the security
+    headers, one access log line, metrics by route template, and a JSON 500 for anything
+    unexpected. The outermost middleware, so every answer of the app passes through it."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: str = "all") -> None:
         self.app = app
@@ -79,6 +80,7 @@ class RequestContext:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
+                    *SECURITY_HEADERS,
                 ]
             await send(message)
 
@@ -174,5 +176,5 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
     app.state.backend_gauges = BackendGauges(metrics, settings)  # refreshed by /metrics
     app.state.max_body_bytes = settings.max_body_bytes
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
-    protect(app, settings, metrics)  # security headers; CORS, rate limit, auth when configured
+    protect(app, settings, metrics)  # CORS, rate limit, auth, timeout: when configured
     return app

@@ -1,9 +1,9 @@
 """HTTP protections around the API: security headers, CORS, a request timeout, and
 `protect()`, which puts them (with rate limiting and authentication) in order.
 
-Only the security headers are always on, and they cost one list concatenation per
-response. Every other protection is added to the stack only when configured, so the
-default path runs none of their code.
+Only the security headers are always on: `RequestContext` appends them together with
+the request id, so they cost no middleware layer of their own. Every other protection
+is added to the stack only when configured, so the default path runs none of their code.
 """
 
 from __future__ import annotations
@@ -49,25 +49,6 @@ CORS_EXPOSED_HEADERS = (
     "RateLimit-Reset",
     "RateLimit-Policy",
 )
-
-
-class SecurityHeaders:
-    """Appends `SECURITY_HEADERS` to every HTTP answer, errors and 500s included."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 class JsonCORS(CORSMiddleware):
@@ -127,11 +108,9 @@ class RequestTimeout:
 
 
 def protect(app: Starlette, settings: Settings, metrics: Metrics) -> None:
-    """Wrap the app's middleware: security headers outermost (they reach the 500 the
-    request middleware writes); inside it, in order, CORS (so 401 and 429 carry CORS
-    headers), rate limit (before auth: guessing tokens costs budget), auth, and the
-    timeout nearest the handlers."""
-    app.user_middleware.insert(0, Middleware(SecurityHeaders))
+    """Add, inside `RequestContext`, the configured protections in order: CORS (so 401
+    and 429 carry CORS headers), rate limit (before auth: guessing tokens costs budget),
+    auth, and the timeout nearest the handlers."""
     inner = []
     if settings.cors_allow_origins:
         inner.append(
