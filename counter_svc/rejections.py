@@ -12,15 +12,25 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 
-def label_route(scope: Scope) -> None:
+def find_route(scope: Scope) -> tuple[Match, object | None]:
+    """How the app's router will match this request (FULL: path and method; PARTIAL:
+    path only, a 405), and the endpoint it names, before the router runs."""
     app = scope.get("app")
-    if app is None or "endpoint" in scope:
-        return
-    for route in app.router.routes:
+    found: tuple[Match, object | None] = (Match.NONE, None)
+    for route in app.router.routes if app is not None else ():
         match, child = route.matches(scope)
-        if match is not Match.NONE and "endpoint" in child:
-            scope["endpoint"] = child["endpoint"]
-            return
+        if match is Match.FULL:
+            return match, child.get("endpoint")
+        if match is Match.PARTIAL and found[0] is Match.NONE:
+            found = (match, child.get("endpoint"))
+    return found
+
+
+def label_route(scope: Scope) -> None:
+    if "endpoint" not in scope:
+        _, endpoint = find_route(scope)
+        if endpoint is not None:
+            scope["endpoint"] = endpoint
 
 
 async def refuse(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
