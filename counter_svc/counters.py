@@ -275,14 +275,17 @@ class Counters:
             settings.idempotency_ttl_seconds,
         )
 
+    def _user_keys(self, user_id: int) -> list[str]:
+        """counter, gone, absent: the first KEYS of every per-user script."""
+        k = self.keys
+        return [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
+
     async def increment(
         self, user_id: int, idem_key: str | None = None, seed: int | None = None
     ) -> tuple[Outcome, int | None]:
         k = self.keys
         keys = [
-            k.counter(user_id),
-            k.gone(user_id),
-            k.absent(user_id),
+            *self._user_keys(user_id),
             k.dirty(k.bucket(user_id)),
             k.idem(user_id, idem_key) if idem_key else "",
         ]
@@ -290,29 +293,23 @@ class Counters:
         return _result(await self._calls.run(self._increment, keys, args))
 
     async def read(self, user_id: int) -> tuple[Outcome, int | None]:
-        k = self.keys
-        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
-        return _result(await self._calls.run(self._read, keys, ()))
+        return _result(await self._calls.run(self._read, self._user_keys(user_id), ()))
 
     async def seed(self, user_id: int, value: int) -> tuple[Outcome, int | None]:
-        k = self.keys
-        keys = [k.counter(user_id), k.gone(user_id)]
+        keys = self._user_keys(user_id)[:2]
         return _result(await self._calls.run(self._seed, keys, (value, self._idle_ms)))
 
     async def mark_absent(self, user_id: int) -> tuple[Outcome, int | None]:
-        k = self.keys
-        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
+        keys = self._user_keys(user_id)
         return _result(await self._calls.run(self._mark_absent, keys, (self._absent_ms,)))
 
     async def created(self, user_id: int) -> None:
-        k = self.keys
-        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
-        await self._calls.run(self._created, keys, (self._idle_ms,))
+        await self._calls.run(self._created, self._user_keys(user_id), (self._idle_ms,))
 
     async def deleted(self, user_id: int) -> None:
         k = self.keys
         b = k.bucket(user_id)
-        keys = [k.counter(user_id), k.gone(user_id), k.absent(user_id), k.dirty(b), k.inflight(b)]
+        keys = [*self._user_keys(user_id), k.dirty(b), k.inflight(b)]
         await self._calls.run(self._deleted, keys, (user_id, self._tombstone_s))
 
 
