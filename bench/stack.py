@@ -182,14 +182,8 @@ def cpu_seconds(pid: int) -> float:
 
 async def reset(settings: Settings) -> None:
     """A fresh database with the schema applied and no key under the bench's prefix."""
-    conn = await asyncmy.connect(**mysql_kwargs(settings))
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{settings.mysql_database}`")
-    finally:
-        conn.close()
+    await drop(settings)
     await migrate(settings)
-    await delete_keys(settings)
 
 
 async def drop(settings: Settings) -> None:

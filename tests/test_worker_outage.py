@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +12,10 @@ import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
-from counter_svc.app import create_app
 from counter_svc.connections import open_redis
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
+from tests.conftest import running_app
 from tests.faults import FaultProxy, private_redis
 from tests.worker_fixtures import (
     Load,
@@ -32,16 +30,6 @@ from tests.worker_fixtures import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real API app, in-process, with its lifespan run."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 class HttpLoad:
@@ -78,7 +66,7 @@ async def test_mysql_outage_api_keeps_counting_and_backlog_drains(
         ws = worker_settings(via_proxy, interval_seconds=0.2)
         worker = WorkerProcess(ws)
         try:
-            async with api(via_proxy) as client:
+            async with running_app(via_proxy) as client:
                 ids = []
                 for n in range(20):
                     created = await client.post("/api/v1/users", json={"username": f"o{n}"})
