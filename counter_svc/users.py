@@ -94,8 +94,6 @@ class Users:
                     raise
                 finally:
                     self.pool.release(conn)
-        except UsernameTaken:
-            raise
         # RuntimeError: asyncmy raises it when a connection is reset while it is being set
         # up ("Transport does not expose socket instance"); it is an outage, not a bug here.
         except (
