@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol with one socket write per response instead of two.
+"""uvicorn's httptools protocol: one socket write per response, and parser errors as JSON.
 
 uvicorn writes the status line and headers as soon as the app sends
 `http.response.start`, and the body on `http.response.body`: two `send()` calls and two
@@ -7,6 +7,10 @@ the kernel's TCP stack, for the server and again for the client. Here the writes
 event-loop tick are joined and handed to the transport at the end of the tick: the bytes
 on the wire are the same, in the same order. `bench/levers.py` measured the difference
 (docs/benchmarks.md).
+
+A request the HTTP parser cannot read never reaches the app, so uvicorn answers it itself
+with a plain-text 400; here that answer has the API's JSON error shape and the headers
+every other answer carries.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from counter_svc.security import SECURITY_HEADERS
 
 # Past this many bytes held, write at once: a large or streamed body is not held back.
 FLUSH_BYTES = 64 * 1024
@@ -79,3 +86,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def send_400_response(self, msg: str) -> None:
+        body = orjson.dumps({"error": "invalid_request", "message": msg})
+        head = [STATUS_LINE[400]]
+        for name, value in (*self.server_state.default_headers, *SECURITY_HEADERS):
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+        self.transport.write(b"".join(head))
+        self.transport.close()

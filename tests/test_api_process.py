@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from counter_svc.settings import Settings
 from tests.conftest import serving
+from tests.test_protections_http import EXPECTED_HEADERS
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +49,38 @@ def test_serve_logs_json_with_request_id_hides_secrets_and_stops_cleanly(
     assert access[0]["route"] == "/readyz"
     assert "duration_ms" in access[0]
     assert any(line.get("event", "").startswith("Finished server process") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"PUT /api/v1/users/1/increment HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["not-http", "space-in-header-name", "negative-length", "bad-chunk"],
+)
+def test_requests_the_http_parser_refuses_get_a_json_400(live_server: str, raw: bytes) -> None:
+    """Bytes that are not HTTP never reach the app; the server still answers in the API's
+    JSON error shape, with the security headers, and closes the connection."""
+    port = int(live_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(raw)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    assert json.loads(body) == {
+        "error": "invalid_request",
+        "message": "Invalid HTTP request received.",
+    }
+    for name, value in EXPECTED_HEADERS.items():
+        assert headers[name] == value
