@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -136,7 +138,7 @@ async def test_oversized_body_is_refused_before_it_is_read_whole(
     """A body streamed without Content-Length is cut off at the limit with 413."""
     sent = 0
 
-    async def endless() -> object:
+    async def endless() -> AsyncIterator[bytes]:
         nonlocal sent
         for _ in range(1000):  # 64 MiB if the server read it all
             sent += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
@@ -29,7 +31,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @hypothesis_settings(
     max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
 )
-def test_api_conforms_to_its_openapi(case: schemathesis.Case) -> None:
+def test_api_conforms_to_its_openapi(case: schemathesis.Case[Any]) -> None:
     """Generated valid and invalid requests never get a 5xx, and every answer matches the
     documented status codes, content types, headers and schemas."""
     case.call_and_validate(

@@ -89,6 +89,7 @@ def _named_port(container: Obj, port: str | int) -> int:
 
 
 def _main(name: str) -> Obj:
+    container: Obj
     (container,) = _pod(_get("Deployment", name))["containers"]
     return container
 

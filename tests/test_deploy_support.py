@@ -76,7 +76,7 @@ def variables_read_by_code() -> frozenset[str]:
                 names.add(f"{name}_FILE")
         names.update(_ENVIRON.findall(text))
     if not names:  # the settings changed style: fall back on the documented list
-        names = variables_documented()
+        names = set(variables_documented())
     return frozenset(names)
 
 

@@ -9,6 +9,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from starlette.config import Config
+from starlette.requests import Request
+from starlette.responses import Response
 
 from counter_svc.app import create_app
 from counter_svc.counters import Keys
@@ -56,7 +58,7 @@ async def test_security_headers_on_an_unexpected_500(settings: Settings) -> None
     """The JSON 500 written for an unhandled error carries them as well."""
     app = create_app(settings)
 
-    async def boom(request: object) -> None:
+    async def boom(request: Request) -> Response:
         raise RuntimeError("boom")
 
     app.add_route("/boom", boom)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncmy
 import pytest
@@ -24,10 +25,10 @@ from tests.worker_fixtures import run_cli, worker_settings
 ACCESS_DENIED = {1044, 1142}  # on a database; on a table
 
 
-async def as_root(settings: Settings, *statements: str) -> list[tuple[str, ...]]:
+async def as_root(settings: Settings, *statements: str) -> list[tuple[Any, ...]]:
     """Run statements as the admin (the test run's own MySQL user)."""
     conn = await asyncmy.connect(**mysql_kwargs(admin_settings(settings)))
-    rows: list[tuple[str, ...]] = []
+    rows: list[tuple[Any, ...]] = []
     try:
         async with conn.cursor() as cur:
             for statement in statements:

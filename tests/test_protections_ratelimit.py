@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -20,7 +21,7 @@ LIMIT = 5
 PROXY = ip_network("127.0.0.1/32")
 
 
-def limited(settings: Settings, **overrides: object) -> Settings:
+def limited(settings: Settings, **overrides: Any) -> Settings:
     return replace(settings, rate_limit_per_minute=LIMIT, **overrides)
 
 
@@ -146,7 +147,7 @@ async def test_the_budget_refills_over_time(redis: Redis, settings: Settings) ->
     ],
 )
 def test_client_address(
-    peer: str, forwarded: list[str], trusted: tuple[object, ...], expected: str
+    peer: str, forwarded: list[str], trusted: tuple[IPv4Network | IPv6Network, ...], expected: str
 ) -> None:
     """The charged address is the right-most X-Forwarded-For hop that is not a trusted
     proxy (only when the peer is one); IPv6 clients are grouped by /64."""
