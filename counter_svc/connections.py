@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncmy
 import structlog
+from asyncmy.errors import IntegrityError
 from asyncmy.pool import Pool
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -104,10 +105,42 @@ async def migrate(settings: Settings) -> None:
             await cur.execute(f"USE `{settings.mysql_database}`")
             for statement in _statements(SCHEMA_SQL.read_text(encoding="utf-8")):
                 await cur.execute(statement)
+            await _collate_usernames(cur)
             if settings.mysql_admin_user:
                 await ensure_service_user(cur, settings)
     finally:
         conn.close()
+
+
+USERNAME_COLLATION = "utf8mb4_unicode_520_ci"
+
+
+class MigrateError(RuntimeError):
+    """The schema cannot be brought up to date without a decision by the operator."""
+
+
+async def _collate_usernames(cur: Any) -> None:
+    """Bring a users table created before the collation was named (with the server's
+    default) to USERNAME_COLLATION. Checked first: the ALTER rebuilds the table."""
+    await cur.execute(
+        "SELECT COLLATION_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'users' AND COLUMN_NAME = 'username'"
+    )
+    (current,) = await cur.fetchone()
+    if current == USERNAME_COLLATION:
+        return
+    log.warning("migrate_collation", column="users.username", old=current, new=USERNAME_COLLATION)
+    try:
+        await cur.execute(
+            "ALTER TABLE users MODIFY username VARCHAR(100) CHARACTER SET utf8mb4 "
+            f"COLLATE {USERNAME_COLLATION} NOT NULL, "
+            f"DEFAULT CHARACTER SET utf8mb4 COLLATE {USERNAME_COLLATION}"
+        )
+    except IntegrityError as e:
+        raise MigrateError(
+            f"users.username holds names that are equal under {USERNAME_COLLATION} ({e.args[-1]});"
+            " rename one of each pair, then run migrate again"
+        ) from e
 
 
 def _statements(sql: str) -> list[str]:
