@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncmy
 import structlog
-from asyncmy.errors import IntegrityError
 from asyncmy.pool import Pool
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -97,6 +96,9 @@ async def migrate(settings: Settings) -> None:
     conn = await asyncmy.connect(**mysql_kwargs(admin_settings(settings)))
     try:
         async with conn.cursor() as cur:
+            # "Database exists" and "table exists" are the expected case of a second run:
+            # notes, which would otherwise come out as warnings in every migrate's log.
+            await cur.execute("SET SESSION sql_notes = 0")
             # The name is validated in Settings (letters, digits, '_'), so quoting is safe.
             await cur.execute(
                 f"CREATE DATABASE IF NOT EXISTS `{settings.mysql_database}` "
@@ -113,6 +115,16 @@ async def migrate(settings: Settings) -> None:
 
 
 USERNAME_COLLATION = "utf8mb4_unicode_520_ci"
+# Up to 10 groups of stored names that the collation would make one.
+_MERGED_NAMES = (
+    "SELECT GROUP_CONCAT(username ORDER BY id SEPARATOR ' = ') FROM users "  # noqa: S608
+    f"GROUP BY username COLLATE {USERNAME_COLLATION} HAVING COUNT(*) > 1 LIMIT 10"
+)
+_COLLATE_USERNAMES = (
+    "ALTER TABLE users MODIFY username VARCHAR(100) CHARACTER SET utf8mb4 "
+    f"COLLATE {USERNAME_COLLATION} NOT NULL, "
+    f"DEFAULT CHARACTER SET utf8mb4 COLLATE {USERNAME_COLLATION}"
+)
 
 
 class MigrateError(RuntimeError):
@@ -129,18 +141,14 @@ async def _collate_usernames(cur: Any) -> None:
     (current,) = await cur.fetchone()
     if current == USERNAME_COLLATION:
         return
-    log.warning("migrate_collation", column="users.username", old=current, new=USERNAME_COLLATION)
-    try:
-        await cur.execute(
-            "ALTER TABLE users MODIFY username VARCHAR(100) CHARACTER SET utf8mb4 "
-            f"COLLATE {USERNAME_COLLATION} NOT NULL, "
-            f"DEFAULT CHARACTER SET utf8mb4 COLLATE {USERNAME_COLLATION}"
-        )
-    except IntegrityError as e:
+    await cur.execute(_MERGED_NAMES)
+    if merged := [row[0] for row in await cur.fetchall()]:
         raise MigrateError(
-            f"users.username holds names that are equal under {USERNAME_COLLATION} ({e.args[-1]});"
-            " rename one of each pair, then run migrate again"
-        ) from e
+            f"users.username holds names that are one name under {USERNAME_COLLATION}: "
+            f"{'; '.join(merged)}. Rename one of each, then run migrate again"
+        )
+    log.warning("migrate_collation", column="users.username", old=current, new=USERNAME_COLLATION)
+    await cur.execute(_COLLATE_USERNAMES)
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,6 +1,7 @@
 """The schema and the migrate command."""
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -114,7 +115,9 @@ async def test_migrate_refuses_names_that_the_collation_would_merge(legacy: Sett
     """'strasse' and 'straße' are two names under MariaDB's general collation and one under
     the named one: migrate stops with a message saying what to do, the table unchanged."""
     await _legacy_table(legacy, ["strasse", "straße"])
-    with pytest.raises(MigrateError, match="rename one of each pair, then run migrate again"):
+    with pytest.raises(
+        MigrateError, match=re.escape("strasse = straße. Rename one of each, then run")
+    ):
         await migrate(legacy)
     assert await _table_state(legacy) == (
         "utf8mb4_general_ci",
