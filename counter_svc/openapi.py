@@ -186,8 +186,13 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                     "operationId": "readyz",
                     "summary": "Readiness: MySQL and Redis answer",
                     "responses": {
-                        "200": {"description": "Ready.", "content": {_JSON: {}}},
-                        "503": _error("A backing store is unavailable.", retry_after=True),
+                        "200": {
+                            "description": "Ready (`status: ready`), or `degraded` when only"
+                            " MySQL is unreachable: increments and counts of counters in Redis"
+                            " still work; `checks` names each store's state.",
+                            "content": {_JSON: {}},
+                        },
+                        "503": _error("Redis is unavailable.", retry_after=True),
                     },
                 }
             },
