@@ -156,7 +156,8 @@ return 1
 # A non-empty inflight (left by a crash or a slow peer) is returned as is, to be flushed
 # first. Otherwise the oldest dirty ids move, with their current values, to inflight.
 # Counter keys are built here from the bucket's hash tag, so they share the slot.
-CLAIM_LUA = """
+# `allow-oom`, as every worker script: see "Sync worker only" below.
+CLAIM_LUA = """#!lua flags=allow-oom
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('HGETALL', KEYS[2])}
 end
@@ -183,7 +184,7 @@ return {0, out}
 # ARGV: counter key prefix, idle ttl ms, then id, value pairs that were committed.
 # Each inflight entry is dropped only if it still holds the committed value (a peer may
 # have claimed anew); each counter gets the idle TTL only if nobody incremented it since.
-FINISH_LUA = """
+FINISH_LUA = """#!lua flags=allow-oom
 local expired = 0
 for i = 3, #ARGV, 2 do
   local id, v = ARGV[i], ARGV[i + 1]
@@ -319,18 +320,27 @@ def _result(raw: Any) -> tuple[Outcome, int | None]:
 
 
 # --- Sync worker only -------------------------------------------------------------------
+#
+# Every worker script is flagged `allow-oom`. Dirty counters carry no TTL, so a Redis that
+# filled up while the worker was behind has nothing left to evict; only a drain gives
+# counters their idle TTL and so makes room. Refused at `maxmemory`, the worker could never
+# drain again, and every increment would fail until an operator stepped in.
 
-# Bucket lease, taken with `SET lease token NX PX ms`. KEYS: lease. ARGV: token, ms.
+# Bucket lease. KEYS: lease. ARGV: token, ms.
 # Renew and release act only while the lease is still ours: a worker that stalled past its
 # lease must not extend or drop a lease another worker has taken since.
-RENEW_LEASE_LUA = """
+TAKE_LEASE_LUA = """#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
+
+RENEW_LEASE_LUA = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
 
-RELEASE_LEASE_LUA = """
+RELEASE_LEASE_LUA = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -339,7 +349,7 @@ return 0
 # KEYS: dirty, inflight, then counter, gone for each id. ARGV: tombstone ttl s, then ids.
 # The tombstone makes a racing cold increment answer 404 even if the API that deleted the
 # row died before writing one.
-FORGET_LUA = """
+FORGET_LUA = """#!lua flags=allow-oom
 for i = 2, #ARGV do
   local id = ARGV[i]
   redis.call('SET', KEYS[2 * i], '1', 'EX', ARGV[1])

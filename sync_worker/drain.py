@@ -28,6 +28,7 @@ from counter_svc.counters import (
     FORGET_LUA,
     RELEASE_LEASE_LUA,
     RENEW_LEASE_LUA,
+    TAKE_LEASE_LUA,
     Keys,
 )
 from sync_worker.faults import Hook, no_fault
@@ -106,6 +107,7 @@ class Drainer:
         self._forget: AsyncScript = redis.register_script(FORGET_LUA)
         self._renew: AsyncScript = redis.register_script(RENEW_LEASE_LUA)
         self._release: AsyncScript = redis.register_script(RELEASE_LEASE_LUA)
+        self._take: AsyncScript = redis.register_script(TAKE_LEASE_LUA)
 
     async def drain_all(self, concurrency: int) -> list[Exception]:
         """One pass over every bucket, `concurrency` at a time. Returns the errors; after
@@ -151,7 +153,7 @@ class Drainer:
         return written
 
     async def _take_lease(self, lease: str) -> bool:
-        if await self.redis.set(lease, self.token, nx=True, px=self.lease_ms):
+        if await self._take(keys=[lease], args=[self.token, self.lease_ms]):
             return True
         return bool(await self._renew(keys=[lease], args=[self.token, self.lease_ms]))
 

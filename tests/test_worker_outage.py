@@ -11,8 +11,10 @@ import httpx
 import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from counter_svc.connections import open_redis
+from counter_svc.counters import Outcome
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
 from tests.conftest import running_app
@@ -198,3 +200,38 @@ async def test_volatile_lru_evicts_only_idle_counters(
     assert info["evicted_keys"] > 0
     assert survivors == load.expected()
     assert await mysql_counters(mysql) == load.expected()
+
+
+async def test_a_full_redis_still_drains_and_then_counts_again(
+    tmp_path: Path, mysql: Pool, settings: Settings
+) -> None:
+    """The worker fell behind until Redis reached maxmemory holding only dirty counters,
+    which have no TTL and cannot be evicted: increments are refused. The worker must still
+    drain them all (its scripts may use memory to free it), and the idle TTLs it sets
+    make room, so increments work again without anyone stepping in."""
+    extra = ("--maxmemory", "3mb", "--maxmemory-policy", "volatile-lru")
+    with private_redis(tmp_path, appendonly=False, extra=extra) as server:
+        own = replace(settings, redis_url=server.url)
+        client = open_redis(own)
+        try:
+            counters = counters_of(client, own)
+            ids = await add_users(mysql, 30_000)
+            acked: dict[int, int] = {}
+            for user_id in ids:
+                try:
+                    await counters.increment(user_id, seed=0)
+                except OutOfMemoryError:
+                    break
+                acked[user_id] = 1
+            else:
+                pytest.fail("Redis never reached maxmemory")
+            refused_at = user_id
+            drainer = Drainer(client, mysql, keys_of(own))
+            assert await drainer.drain_all(4) == []
+            synced = await mysql_counters(mysql)
+            again = await counters.increment(refused_at, seed=0)
+        finally:
+            await client.aclose()
+    assert len(acked) > 1_000
+    assert synced == {i: acked.get(i, 0) for i in ids}
+    assert again == (Outcome.OK, 1)
