@@ -115,7 +115,7 @@ async def test_health_readiness_metrics_openapi(client: httpx.AsyncClient) -> No
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"mysql": "ok", "redis": "ok"}
+    assert ready.json() == {"status": "ready", "checks": {"mysql": "ok", "redis": "ok"}}
     user_id = await create_user(client, "frank")
     await client.put(f"/api/v1/users/{user_id}/increment")
     metrics = (await client.get("/metrics")).text

@@ -95,7 +95,7 @@ async def test_the_api_runs_as_the_least_privilege_user(app_user: Settings) -> N
         assert (await client.put(f"/api/v1/users/{user_id}/increment")).status_code == 200
         assert (await client.get(f"/api/v1/users/{user_id}/count")).json()["data"]["counter"] == 1
         assert (await client.get(f"/api/v1/users/{user_id}")).status_code == 200
-        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/readyz")).json()["status"] == "ready"
         assert (await client.delete(f"/api/v1/users/{user_id}")).status_code == 200
 
 
