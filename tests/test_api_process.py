@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def test_serve_logs_json_with_request_id_hides_secrets_and_stops_cleanly(
     log_path = tmp_path / "api.log"
     env = {
         "MYSQL_PASSWORD_FILE": str(secret),
-        "REDIS_URL": settings.redis_url.replace("redis://", "redis://:redis-Secret-7@"),
+        # A user that does not exist: Redis refuses it (a password alone is accepted by a
+        # server that has none).
+        "REDIS_URL": settings.redis_url.replace("redis://", "redis://app:redis-Secret-7@"),
     }
     with serving(settings, log_path, **env) as (url, proc):
         request = urllib.request.Request(f"{url}/readyz", headers={"X-Request-ID": "probe-1"})
@@ -84,3 +87,32 @@ def test_requests_the_http_parser_refuses_get_a_json_400(live_server: str, raw: 
     }
     for name, value in EXPECTED_HEADERS.items():
         assert headers[name] == value
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A create whose client disconnects before sending its whole body is logged and counted
+    as 499 (client closed request), with no traceback and no 500 for the 5xx alert."""
+    log_path = tmp_path / "api.log"
+    with serving(settings, log_path) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"usern'
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+                exposition = response.read().decode()
+            if 'route="/api/v1/users",status="499"' in exposition:
+                break
+            assert time.monotonic() < deadline, "the hang-up was never counted"
+            time.sleep(0.05)
+    assert 'status="500"' not in exposition
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line.get("level") == "error"]
+    access = [(line["route"], line["status"]) for line in lines if line.get("event") == "request"]
+    assert access[0] == ("/api/v1/users", 499)
