@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from redis.asyncio.connection import parse_url
 from starlette.config import Config
 
 T = TypeVar("T")
@@ -89,10 +90,30 @@ def read_secret(config: Config, key: str, default: str) -> str:
 
 
 def _redis_url(config: Config) -> str:
+    """REDIS_URL, checked as redis-py will read it. The messages never repeat the URL: it
+    may hold a password, and a password with an unencoded '/' or '#' reads as a port."""
     url = read(config, "REDIS_URL", str, "redis://127.0.0.1:6379/0")
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise SettingsError(
+                "REDIS_URL has no valid port (0-65535); percent-encode a password that holds"
+                " '/', '#', '?' or '@'"
+            ) from None
+        if not parts.hostname:
+            raise SettingsError("REDIS_URL names no host, as in redis://host:6379/0")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise SettingsError("REDIS_URL's path must be a database number, as in /0")
+    try:
+        parse_url(url)
+    except ValueError:
+        raise SettingsError(
+            "REDIS_URL has an option redis-py cannot read; check the part after '?'"
+        ) from None
     return url
 
 

@@ -56,6 +56,28 @@ def test_bad_value_names_the_variable(key: str, value: str) -> None:
         Settings.from_env(config(**{key: value}))
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Zm9vYmFy/c2VjcmV0@redis.internal:6379/0",  # unencoded '/' in the password
+        "redis://:s3cretpass#x@redis.internal:6379/0",  # unencoded '#'
+        "redis://:s3cretpass",  # no '@host': the password reads as a port
+        "redis://127.0.0.1:99999/0",
+        "redis://:pw@/0",
+        "redis://:pw@127.0.0.1:6379/zero",
+        "redis://:pw@127.0.0.1:6379/0?health_check_interval=often",
+    ],
+)
+def test_a_bad_redis_url_fails_with_a_message_that_hides_it(url: str) -> None:
+    """Each stops start-up with a SettingsError naming REDIS_URL and no part of the URL's
+    password (a traceback from the URL parser would print it)."""
+    with pytest.raises(SettingsError, match="REDIS_URL") as refused:
+        Settings.from_env(config(REDIS_URL=url))
+    message = str(refused.value)
+    for secret in ("Zm9vYmFy", "c2VjcmV0", "s3cretpass", "pw@", "often"):
+        assert secret not in message
+
+
 def test_environment_wins_over_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real environment variable overrides the same key in `.env`."""
     env_file = tmp_path / ".env"
