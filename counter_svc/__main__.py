@@ -29,6 +29,9 @@ def _serve(settings: Settings) -> None:
         workers=settings.web_concurrency,
         loop="uvloop",
         http=CoalescingHttpToolsProtocol,  # httptools, one socket write per response
+        # No WebSocket routes: an upgrade request is answered as plain HTTP, by the app,
+        # in its JSON shape with its headers (uvicorn's WebSocket side would answer first).
+        ws="none",
         access_log=False,  # the app writes one structured line per request
         log_config=None,
         proxy_headers=False,

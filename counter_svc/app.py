@@ -137,6 +137,10 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID_RE.fullmatch(candidate):
                 return candidate
             break
+    return new_request_id()
+
+
+def new_request_id() -> str:
     return f"{_id_prefix}{next(_id_counter):016x}"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from counter_svc.app import new_request_id
 from counter_svc.security import SECURITY_HEADERS
 
 # Past this many bytes held, write at once: a large or streamed body is not held back.
@@ -87,10 +88,20 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # With ws="none" every `Upgrade: websocket` request comes here and is then served
+        # as plain HTTP; uvicorn's warning (install a WebSocket library) does not apply.
+        pass
+
     def send_400_response(self, msg: str) -> None:
         body = orjson.dumps({"error": "invalid_request", "message": msg})
         head = [STATUS_LINE[400]]
-        for name, value in (*self.server_state.default_headers, *SECURITY_HEADERS):
+        headers = (
+            *self.server_state.default_headers,
+            (b"x-request-id", new_request_id().encode()),
+            *SECURITY_HEADERS,
+        )
+        for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         head += [
             b"content-type: application/json\r\n",

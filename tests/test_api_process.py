@@ -54,6 +54,20 @@ def test_serve_logs_json_with_request_id_hides_secrets_and_stops_cleanly(
     assert any(line.get("event", "").startswith("Finished server process") for line in lines)
 
 
+def exchange(url: str, raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send raw bytes as the only request of a connection; the status line, the headers
+    (lower-case names) and the body of the answer."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(raw)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    return status, {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}, body
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -68,15 +82,7 @@ def test_serve_logs_json_with_request_id_hides_secrets_and_stops_cleanly(
 def test_requests_the_http_parser_refuses_get_a_json_400(live_server: str, raw: bytes) -> None:
     """Bytes that are not HTTP never reach the app; the server still answers in the API's
     JSON error shape, with the security headers, and closes the connection."""
-    port = int(live_server.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(raw)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status, *lines = head.decode().split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    status, headers, body = exchange(live_server, raw)
     assert status == "HTTP/1.1 400 Bad Request"
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
@@ -87,6 +93,7 @@ def test_requests_the_http_parser_refuses_get_a_json_400(live_server: str, raw: 
     }
     for name, value in EXPECTED_HEADERS.items():
         assert headers[name] == value
+    assert len(headers["x-request-id"]) == 32
 
 
 def test_a_client_that_hangs_up_mid_body_is_no_server_error(
@@ -116,3 +123,23 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(
     assert not [line for line in lines if line.get("level") == "error"]
     access = [(line["route"], line["status"]) for line in lines if line.get("event") == "request"]
     assert access[0] == ("/api/v1/users", 499)
+
+
+@pytest.mark.parametrize("key", [b"dGhlIHNhbXBsZSBub25jZQ==", None], ids=["valid", "no-key"])
+def test_a_websocket_upgrade_is_answered_by_the_api_as_plain_http(
+    live_server: str, key: bytes | None
+) -> None:
+    """The API has no WebSocket routes: an upgrade request gets the API's own answer, JSON
+    with the request id and the security headers, not a bare 403 or a plain-text 400."""
+    raw = (
+        b"GET /api/v1/users/2147483647 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        + (b"Sec-WebSocket-Key: " + key + b"\r\n" if key else b"")
+        + b"\r\n"
+    )
+    status, headers, body = exchange(live_server, raw)
+    assert status == "HTTP/1.1 404 Not Found"
+    assert json.loads(body)["error"] == "user_not_found"
+    assert len(headers["x-request-id"]) == 32
+    for name, value in EXPECTED_HEADERS.items():
+        assert headers[name] == value
