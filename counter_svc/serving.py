@@ -26,6 +26,9 @@ from counter_svc.security import SECURITY_HEADERS
 
 # Past this many bytes held, write at once: a large or streamed body is not held back.
 FLUSH_BYTES = 64 * 1024
+# The request line and headers together, as nginx's default (4 buffers of 8 KiB) allows
+# about; uvicorn's other HTTP parser (h11) stops at 16 KiB.
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class CoalescingTransport:
@@ -83,10 +86,37 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """`uvicorn --http httptools`, writing each response with one socket write."""
+    """`uvicorn --http httptools`, writing each response with one socket write, answering
+    what never reaches the app in the app's JSON shape, and bounding request heads."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._head_bytes = 0
+        self._in_head = True  # the next bytes begin a request line and headers
+
+    def data_received(self, data: bytes) -> None:
+        # httptools buffers a header whole before handing it over, and sets no limit of
+        # its own: one endless header would grow the process without bound. Counted here,
+        # a head holds at most MAX_HEAD_BYTES plus one read.
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        too_large = self._in_head and self._head_bytes > MAX_HEAD_BYTES
+        if too_large and not self.transport.is_closing():
+            self._refuse(
+                431,
+                "request_header_too_large",
+                f"the request line and headers must be at most {MAX_HEAD_BYTES} bytes",
+            )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
 
     def _unsupported_upgrade_warning(self) -> None:
         # With ws="none" every `Upgrade: websocket` request comes here and is then served
@@ -94,8 +124,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         pass
 
     def send_400_response(self, msg: str) -> None:
-        body = orjson.dumps({"error": "invalid_request", "message": msg})
-        head = [STATUS_LINE[400]]
+        self._refuse(400, "invalid_request", msg)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        body = orjson.dumps({"error": code, "message": message})
+        head = [STATUS_LINE[status]]
         headers = (
             *self.server_state.default_headers,
             (b"x-request-id", new_request_id().encode()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -143,3 +144,32 @@ def test_a_websocket_upgrade_is_answered_by_the_api_as_plain_http(
     assert len(headers["x-request-id"]) == 32
     for name, value in EXPECTED_HEADERS.items():
         assert headers[name] == value
+
+
+def test_an_endless_request_head_is_cut_off_with_431(live_server: str) -> None:
+    """A header that never ends is refused once the head passes 16 KiB, in the JSON shape,
+    instead of being buffered whole; a large but normal head still gets its answer."""
+    port = int(live_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        answer = b""
+        for _ in range(4096):  # up to 64 MiB, in 16 KiB writes
+            try:
+                conn.sendall(b"a" * 16384)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(body)["error"] == "request_header_too_large"
+    status, _, body = exchange(
+        live_server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"X-Pad: "
+        + b"p" * 12000
+        + b"\r\n\r\n",
+    )
+    assert status == "HTTP/1.1 200 OK"
+    assert json.loads(body) == {"status": "ok"}
