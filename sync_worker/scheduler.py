@@ -112,10 +112,19 @@ class Worker:
         return False
 
     async def _tick(self) -> None:
-        # Shielded: stopping the scheduler cancels its running job, but the batch in hand
-        # must finish (the final drain waits for it under the same lock).
-        self._current = asyncio.ensure_future(self.run_pass())
-        await asyncio.shield(self._current)
+        # The pass is the worker's own task, not the scheduler's job, so the job returns at
+        # once: a pass longer than the interval makes later ticks return here instead of
+        # hitting `max_instances` (an APScheduler warning per tick), and stopping the
+        # scheduler never cancels the batch in hand (the final drain waits for it).
+        if self._stop.is_set() or (self._current is not None and not self._current.done()):
+            return
+        self._current = asyncio.create_task(self.run_pass())
+        self._current.add_done_callback(self._pass_ended)
+
+    def _pass_ended(self, task: asyncio.Future[bool]) -> None:
+        # Drain errors are handled in the pass; anything escaping it is a bug to show.
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("pass_crashed", exc_info=error)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -148,7 +157,10 @@ class Worker:
         scheduler.start()
         log.info("started", **self.settings.base.safe_summary(), token=self.drainer.token)
         await self._stop.wait()
-        scheduler.shutdown(wait=False)
+        # Paused, and shut down only after the final drain: a tick submitted just before the
+        # stop then still runs (and returns), instead of being cancelled before it starts,
+        # which APScheduler would log as an error with a traceback.
+        scheduler.pause()
         await self.final_drain()
         if self._current is not None and not self._current.done():
             # Past the shutdown timeout: give up the batch in hand; its claim stays in
@@ -156,6 +168,7 @@ class Worker:
             self._current.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._current
+        scheduler.shutdown(wait=False)
         if http is not None:
             await http.stop()
 

@@ -163,3 +163,26 @@ def test_fault_spec_is_checked() -> None:
     }
     with pytest.raises(FaultSpecError, match="SYNC_FAULT"):
         Faults.parse("after_lunch:exit")
+
+
+async def test_a_stalled_pass_skips_ticks_quietly_and_sigterm_logs_no_traceback(
+    redis: Redis, mysql: Pool, settings: Settings
+) -> None:
+    """Ticks that land on a pass still running are not warned about, and a SIGTERM stop
+    that gives up a stuck batch logs no traceback and no error."""
+    await _dirty_users(redis, mysql, settings, n=1)
+    ws = worker_settings(settings, interval_seconds=0.05, shutdown_timeout_seconds=1.0)
+    worker = WorkerProcess(ws, SYNC_FAULT="mid_batch:stall")
+    try:
+        await worker.await_line("sync_worker fault: mid_batch stall", within=15)
+        await asyncio.sleep(0.5)  # about ten ticks while the pass hangs
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(within=10) == 0
+    finally:
+        worker.kill()
+    output = worker.output()
+    assert '"final_drain_timeout"' in output  # the stop really cut a batch short
+    assert "maximum number of running instances" not in output
+    assert "Traceback" not in output
+    assert "CancelledError" not in output
+    assert '"level":"error"' not in output
