@@ -107,7 +107,8 @@ class Worker:
             errors=len(errors),
             failures=self._failures,
             retry_in_s=round(delay, 2),
-            exc_info=error_kind(first) == "other",
+            # The exception itself: outside an `except` block, `exc_info=True` finds none.
+            exc_info=first if error_kind(first) == "other" else False,
         )
         return False
 

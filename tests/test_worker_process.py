@@ -186,3 +186,21 @@ async def test_a_stalled_pass_skips_ticks_quietly_and_sigterm_logs_no_traceback(
     assert "Traceback" not in output
     assert "CancelledError" not in output
     assert '"level":"error"' not in output
+
+
+async def test_an_unexpected_error_in_a_drain_is_logged_with_its_traceback(
+    redis: Redis, mysql: Pool, settings: Settings
+) -> None:
+    """Quieting the stop does not hide real failures: an unexpected error keeps its trace."""
+    await _dirty_users(redis, mysql, settings, n=1)
+    worker = WorkerProcess(worker_settings(settings), SYNC_FAULT="after_claim:raise")
+    try:
+        line = await worker.await_line('"drain_failed"', within=15)
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(within=10) == 0
+    finally:
+        worker.kill()
+    assert '"level":"warning"' in line
+    assert "Traceback" in line
+    assert "FaultInjected" in line
+    assert await mysql_counters(mysql) == {1: 1}  # the next pass wrote the kept claim
