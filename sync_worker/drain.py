@@ -187,6 +187,7 @@ class Drainer:
         self.metrics.missing.inc(len(missing))
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.progressed()
         log.info(
             "batch",
             bucket=bucket,

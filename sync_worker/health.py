@@ -1,4 +1,4 @@
-"""The worker's HTTP side: `/metrics` for Prometheus and `/healthz` for probes."""
+"""The worker's HTTP side: `/metrics` for Prometheus, `/healthz` and `/livez` for probes."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ from starlette.routing import Route
 from sync_worker.metrics import Metrics
 
 
-def health_app(metrics: Metrics, max_age_seconds: float) -> Starlette:
-    """`/healthz` answers 503 when no drain pass succeeded for `max_age_seconds`."""
+def health_app(
+    metrics: Metrics, max_age_seconds: float, liveness_max_age_seconds: float
+) -> Starlette:
+    """`/healthz` answers 503 when no drain pass succeeded for `max_age_seconds` (MySQL or
+    Redis down counts); `/livez` answers 503 only when no batch or pass, failed or not,
+    finished for `liveness_max_age_seconds`: the worker itself is stuck."""
 
     async def healthz(request: Request) -> Response:
         age = metrics.success_age()
@@ -26,10 +30,22 @@ def health_app(metrics: Metrics, max_age_seconds: float) -> Starlette:
         body = {"status": "ok" if ok else "stale", "last_success_age_seconds": round(age, 3)}
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    async def livez(request: Request) -> Response:
+        age = metrics.progress_age()
+        ok = age <= liveness_max_age_seconds
+        body = {"status": "ok" if ok else "stuck", "last_progress_age_seconds": round(age, 3)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", prometheus)])
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/livez", livez),
+            Route("/metrics", prometheus),
+        ]
+    )
 
 
 class _Server(uvicorn.Server):

@@ -51,6 +51,7 @@ class Metrics:
             self.errors.labels(kind)
         self.started = time.monotonic()
         self._last_success_mono: float | None = None
+        self._last_progress_mono: float | None = None
 
     def succeeded(self) -> None:
         self._last_success_mono = time.monotonic()
@@ -59,3 +60,12 @@ class Metrics:
     def success_age(self) -> float:
         """Seconds since the last successful pass (since start-up before the first one)."""
         return time.monotonic() - (self._last_success_mono or self.started)
+
+    def progressed(self) -> None:
+        """A batch, or a whole pass, finished: failed passes count too. The liveness signal,
+        which a MySQL outage must not fail (that is what `success_age` is for)."""
+        self._last_progress_mono = time.monotonic()
+
+    def progress_age(self) -> float:
+        """Seconds since the last batch or pass finished (since start-up before the first)."""
+        return time.monotonic() - (self._last_progress_mono or self.started)

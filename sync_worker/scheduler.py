@@ -87,6 +87,7 @@ class Worker:
             await self.drainer.observe()
         except RedisError as e:
             errors.append(e)
+        self.metrics.progressed()
         if not errors:
             if self._failures:
                 log.info("drain_recovered", after_failures=self._failures)
@@ -142,7 +143,11 @@ class Worker:
             loop.add_signal_handler(signum, self._on_signal, signum)
         http = None
         if self.settings.metrics_port:
-            app = health_app(self.metrics, self.settings.health_max_age_seconds)
+            app = health_app(
+                self.metrics,
+                self.settings.health_max_age_seconds,
+                self.settings.liveness_max_age_seconds,
+            )
             http = HealthServer(app, self.settings.base.host, self.settings.metrics_port)
             await http.start()
         scheduler = AsyncIOScheduler(event_loop=loop, timezone=UTC)

@@ -20,6 +20,7 @@ class WorkerSettings:
     concurrency: int = 4
     metrics_port: int = 9100
     health_max_age_seconds: float = 60.0
+    liveness_max_age_seconds: float = 60.0
     shutdown_timeout_seconds: float = 20.0
 
     @classmethod
@@ -33,6 +34,10 @@ class WorkerSettings:
             concurrency=read_int(c, "SYNC_CONCURRENCY", 4, 1, 256),
             metrics_port=read_int(c, "SYNC_METRICS_PORT", 9100, 0, 65535),
             health_max_age_seconds=read_float(c, "SYNC_HEALTH_MAX_AGE_SECONDS", 60.0, 1, 86_400),
+            # At least 10 s: failing passes are up to 5 s apart (the back-off cap).
+            liveness_max_age_seconds=read_float(
+                c, "SYNC_LIVENESS_MAX_AGE_SECONDS", 60.0, 10, 86_400
+            ),
             shutdown_timeout_seconds=read_float(
                 c, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.1, 3600
             ),

@@ -173,6 +173,18 @@ def test_api_rollout_and_probes() -> None:
         assert constraint["labelSelector"]["matchLabels"] == api["spec"]["selector"]["matchLabels"]
 
 
+def test_worker_probes() -> None:
+    """A MySQL outage must not restart the worker: startup and liveness probe /livez (is it
+    still attempting drains), readiness /healthz (did a drain succeed lately)."""
+    container = _main("sync-worker")
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    served = routes_served("sync_worker")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] in served
+
+
 def test_probe_and_metrics_ports_are_the_ones_the_settings_listen_on(tmp_path: Path) -> None:
     """Probe ports and scrape annotations resolve to the port each process binds."""
     for name in ("api", "sync-worker"):

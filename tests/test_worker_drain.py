@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 from asyncmy.pool import Pool
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from counter_svc.counters import Counters
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
+from sync_worker.metrics import Metrics
 from sync_worker.scheduler import Worker
 from tests.worker_fixtures import (
     Load,
@@ -61,6 +63,33 @@ async def test_bucket_drains_in_batches_within_one_pass(
     assert await small.drain_bucket(0) == 25
     assert small.metrics.batches._value.get() == 9
     assert await mysql_counters(mysql) == dict.fromkeys(ids, 1)
+
+
+async def test_every_finished_batch_counts_as_progress_for_liveness(
+    redis: Redis, mysql: Pool, settings: Settings, counters: Counters
+) -> None:
+    """Inside one long pass, each finished batch refreshes the mark that /livez reads, so a
+    long healthy drain of a big backlog is not taken for a stuck worker."""
+    ids = await insert_users(mysql, [settings.buckets * n for n in range(1, 11)])
+    for user_id in ids:
+        await increment(counters, mysql, user_id)
+    metrics = Metrics()
+    ages: list[float] = []
+
+    async def slow_batches(step: str) -> None:
+        if step == "before_claim":
+            ages.append(metrics.progress_age())
+        elif step == "after_claim":
+            await asyncio.sleep(0.1)
+
+    small = Drainer(
+        redis, mysql, keys_of(settings), batch_size=1, metrics=metrics, hook=slow_batches
+    )
+    started = time.monotonic()
+    assert await small.drain_bucket(0) == 10
+    assert time.monotonic() - started >= 1.0
+    assert len(ages) == 11  # ten batches, then the claim that finds the bucket empty
+    assert max(ages[1:]) < 0.1  # each batch had just ended; the pass had run for seconds
 
 
 async def test_exact_under_load_with_worker_running(

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
+from starlette.config import Config
 
-from counter_svc.settings import Settings
+from counter_svc.settings import Settings, SettingsError
 from sync_worker.faults import Faults, FaultSpecError
-from tests.faults import free_port
+from sync_worker.settings import WorkerSettings
+from tests.faults import FaultProxy, free_port
 from tests.worker_fixtures import (
     WorkerProcess,
     add_users,
@@ -148,11 +151,78 @@ async def test_health_fails_when_no_drain_succeeds(
     assert "sync_inflight 1.0" in metrics
 
 
+@pytest.mark.slow
+async def test_liveness_holds_through_a_mysql_outage_while_health_fails(
+    redis: Redis, mysql: Pool, settings: Settings
+) -> None:
+    """MySQL cut off: /healthz turns 503, but /livez stays 200 past its own max age, since
+    failed attempts show the worker is running; Kubernetes has nothing to restart."""
+    await _dirty_users(redis, mysql, settings, n=1)
+    with FaultProxy(settings.mysql_host, settings.mysql_port) as proxy:
+        proxy.block()
+        own = replace(settings, mysql_port=proxy.port)
+        ws = worker_settings(
+            own,
+            metrics_port=free_port(),
+            health_max_age_seconds=1.0,
+            liveness_max_age_seconds=10.0,
+        )
+        worker = WorkerProcess(ws)
+        try:
+            await worker.await_line('"drain_failed"', within=15)
+            health: list[int] = []
+            live: list[int] = []
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ws.metrics_port}") as http:
+                for _ in range(26):  # 13 s, past both max ages and the 5 s back-off cap
+                    health.append((await http.get("/healthz")).status_code)
+                    live.append((await http.get("/livez")).status_code)
+                    await asyncio.sleep(0.5)
+            assert worker.proc.poll() is None
+        finally:
+            worker.kill()
+    assert health[-1] == 503
+    assert set(live) == {200}
+
+
+@pytest.mark.slow
+async def test_liveness_fails_when_a_drain_is_stuck(
+    redis: Redis, mysql: Pool, settings: Settings
+) -> None:
+    """A batch that hangs, so no batch or pass ever finishes, turns /livez 503 after its
+    max age: a stuck worker is restarted."""
+    await _dirty_users(redis, mysql, settings, n=1)
+    ws = worker_settings(settings, metrics_port=free_port(), liveness_max_age_seconds=10.0)
+    # After the claim, not in the write: the write's own timeout would end that stall.
+    worker = WorkerProcess(ws, SYNC_FAULT="after_claim:stall")
+    try:
+        await worker.await_line("sync_worker fault: after_claim stall", within=15)
+        statuses: list[int] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ws.metrics_port}") as http:
+            for _ in range(30):  # up to 15 s
+                statuses.append((await http.get("/livez")).status_code)
+                if statuses[-1] == 503:
+                    break
+                await asyncio.sleep(0.5)
+        assert worker.proc.poll() is None
+    finally:
+        worker.kill()
+    assert statuses[0] == 200
+    assert statuses[-1] == 503
+
+
 async def test_bad_setting_stops_start_up_naming_the_variable(settings: Settings) -> None:
     """An invalid SYNC_* value exits 2 with a message that names the variable."""
     result = await run_cli(worker_settings(settings), "--once", SYNC_BATCH_SIZE="lots")
     assert result.returncode == 2
     assert b"SYNC_BATCH_SIZE" in result.stderr
+
+
+def test_a_liveness_max_age_within_the_back_off_is_refused() -> None:
+    """SYNC_LIVENESS_MAX_AGE_SECONDS under 10 s would fail between retries during an outage."""
+    with pytest.raises(SettingsError, match="SYNC_LIVENESS_MAX_AGE_SECONDS"):
+        WorkerSettings.from_env(Config(environ={"SYNC_LIVENESS_MAX_AGE_SECONDS": "5"}))
+    ok = WorkerSettings.from_env(Config(environ={"SYNC_LIVENESS_MAX_AGE_SECONDS": "90"}))
+    assert ok.liveness_max_age_seconds == 90.0
 
 
 def test_fault_spec_is_checked() -> None:

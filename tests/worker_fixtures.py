@@ -123,6 +123,7 @@ def worker_env(ws: WorkerSettings, **extra: str) -> dict[str, str]:
         "SYNC_CONCURRENCY": str(ws.concurrency),
         "SYNC_METRICS_PORT": str(ws.metrics_port),
         "SYNC_HEALTH_MAX_AGE_SECONDS": str(ws.health_max_age_seconds),
+        "SYNC_LIVENESS_MAX_AGE_SECONDS": str(ws.liveness_max_age_seconds),
         "SYNC_SHUTDOWN_TIMEOUT_SECONDS": str(ws.shutdown_timeout_seconds),
         "LOG_LEVEL": "info",
     }
