@@ -55,6 +55,10 @@ class Keys:
     def inflight(self, bucket: int) -> str:
         return f"{self.tag(bucket)}:inflight"
 
+    def inflight_since(self, bucket: int) -> str:
+        """When the oldest id of the claimed batch became dirty (ms): the lag of `inflight`."""
+        return f"{self.tag(bucket)}:inflight_since"
+
     def lease(self, bucket: int) -> str:
         return f"{self.tag(bucket)}:lease"
 
@@ -142,33 +146,41 @@ redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
 return 1
 """
 
-# A user was just deleted from MySQL. KEYS: counter, gone, absent, dirty, inflight.
-# ARGV: id, tombstone ttl seconds.
+# A user was just deleted from MySQL. KEYS: counter, gone, absent, dirty, inflight,
+# inflight_since. ARGV: id, tombstone ttl seconds.
 DELETED_LUA = """
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
+if redis.call('EXISTS', KEYS[5]) == 0 then redis.call('DEL', KEYS[6]) end
 return 1
 """
 
-# Worker claim. KEYS: dirty, inflight. ARGV: batch size, counter key prefix of the bucket.
-# A non-empty inflight (left by a crash or a slow peer) is returned as is, to be flushed
-# first. Otherwise the oldest dirty ids move, with their current values, to inflight.
+# Worker claim. KEYS: dirty, inflight, inflight_since. ARGV: batch size, counter key
+# prefix of the bucket. A non-empty inflight (left by a crash or a slow peer) is returned as
+# is, to be flushed first. Otherwise the oldest dirty ids move, with their current values,
+# to inflight, and inflight_since keeps the dirty score of the oldest one: once out of
+# `dirty`, that is the only record of how long MySQL has been behind for them. Every script
+# that can empty inflight deletes inflight_since with it.
 # Counter keys are built here from the bucket's hash tag, so they share the slot.
 # `allow-oom`, as every worker script: see "Sync worker only" below.
 CLAIM_LUA = """#!lua flags=allow-oom
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('HGETALL', KEYS[2])}
 end
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #ids == 0 then return {0, {}} end
-local out = {}
-for i = 1, #ids do
-  local v = redis.call('GET', ARGV[2] .. ids[i])
+local range = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+if #range == 0 then return {0, {}} end
+local ids, out, since = {}, {}, nil
+for i = 1, #range, 2 do
+  local id = range[i]
+  ids[#ids + 1] = id
+  local v = redis.call('GET', ARGV[2] .. id)
   if v then
-    out[#out + 1] = ids[i]
+    out[#out + 1] = id
     out[#out + 1] = v
+    -- Scores ascend: the first id kept is the oldest.
+    if not since then since = range[i + 1] end
   end
 end
 for i = 1, #ids, 1000 do
@@ -177,10 +189,11 @@ end
 for i = 1, #out, 1000 do
   redis.call('HSET', KEYS[2], unpack(out, i, math.min(i + 999, #out)))
 end
+if since then redis.call('SET', KEYS[3], since) end
 return {0, out}
 """
 
-# Worker finish, after the MySQL commit. KEYS: inflight, dirty.
+# Worker finish, after the MySQL commit. KEYS: inflight, dirty, inflight_since.
 # ARGV: counter key prefix, idle ttl ms, then id, value pairs that were committed.
 # Each inflight entry is dropped only if it still holds the committed value (a peer may
 # have claimed anew); each counter gets the idle TTL only if nobody incremented it since.
@@ -195,6 +208,7 @@ for i = 3, #ARGV, 2 do
     expired = expired + 1
   end
 end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
 return expired
 """
 
@@ -310,7 +324,7 @@ class Counters:
     async def deleted(self, user_id: int) -> None:
         k = self.keys
         b = k.bucket(user_id)
-        keys = [*self._user_keys(user_id), k.dirty(b), k.inflight(b)]
+        keys = [*self._user_keys(user_id), k.dirty(b), k.inflight(b), k.inflight_since(b)]
         await self._calls.run(self._deleted, keys, (user_id, self._tombstone_s))
 
 
@@ -346,16 +360,17 @@ return 0
 """
 
 # Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
-# KEYS: dirty, inflight, then counter, gone for each id. ARGV: tombstone ttl s, then ids.
-# The tombstone makes a racing cold increment answer 404 even if the API that deleted the
-# row died before writing one.
+# KEYS: dirty, inflight, inflight_since, then counter, gone for each id. ARGV: tombstone
+# ttl s, then ids. The tombstone makes a racing cold increment answer 404 even if the API
+# that deleted the row died before writing one.
 FORGET_LUA = """#!lua flags=allow-oom
 for i = 2, #ARGV do
   local id = ARGV[i]
-  redis.call('SET', KEYS[2 * i], '1', 'EX', ARGV[1])
-  redis.call('DEL', KEYS[2 * i - 1])
+  redis.call('SET', KEYS[2 * i + 1], '1', 'EX', ARGV[1])
+  redis.call('DEL', KEYS[2 * i])
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
 return #ARGV - 1
 """

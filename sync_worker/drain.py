@@ -162,7 +162,7 @@ class Drainer:
         `inflight` a crashed or stalled drain left behind."""
         k = self.keys
         leftover, flat = await self._claim(
-            keys=[k.dirty(bucket), k.inflight(bucket)],
+            keys=[k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)],
             args=[self.batch_size, k.counter_prefix(bucket)],
         )
         if not flat:
@@ -237,30 +237,35 @@ class Drainer:
         done = [x for i, v in batch.raw if int(i) not in missing for x in (i, v)]
         if done:
             await self._finish(
-                keys=[k.inflight(bucket), k.dirty(bucket)],
+                keys=[k.inflight(bucket), k.dirty(bucket), k.inflight_since(bucket)],
                 args=[k.counter_prefix(bucket), self.idle_ms, *done],
             )
         if missing:
             ids = sorted(missing)
-            keys = [k.dirty(bucket), k.inflight(bucket)]
+            keys = [k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)]
             for user_id in ids:
                 keys += [k.counter(user_id), k.gone(user_id)]
             await self._forget(keys=keys, args=[self.tombstone_s, *ids])
             log.info("rows_missing", bucket=bucket, ids=ids[:20], count=len(ids))
 
     async def observe(self) -> None:
-        """Refresh the backlog, inflight and lag gauges (one pipelined round trip)."""
+        """Refresh the backlog, inflight and lag gauges (one pipelined round trip). The lag
+        is the age of the oldest increment not in MySQL: dirty, or claimed and waiting in
+        `inflight` (during a MySQL outage the first claim empties `dirty`)."""
         k = self.keys
         pipe = self.redis.pipeline(transaction=False)
         for b in range(k.buckets):
             pipe.zcard(k.dirty(b))
             pipe.hlen(k.inflight(b))
             pipe.zrange(k.dirty(b), 0, 0, withscores=True)
+            pipe.get(k.inflight_since(b))
         replies = await pipe.execute()
-        backlog = sum(replies[0::3])
-        inflight = sum(replies[1::3])
-        oldest = [row[0][1] for row in replies[2::3] if row]
-        self.metrics.backlog.set(backlog)
-        self.metrics.inflight.set(inflight)
+        self.metrics.backlog.set(sum(replies[0::4]))
+        self.metrics.inflight.set(sum(replies[1::4]))
+        oldest = [row[0][1] for row in replies[2::4] if row]
+        # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
+        # worker or API of an older version) must not read as lag.
+        claims = zip(replies[1::4], replies[3::4], strict=True)
+        oldest += [float(since) for entries, since in claims if entries and since]
         now_ms = time.time() * 1000
         self.metrics.lag.set(max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0)

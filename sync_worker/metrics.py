@@ -21,7 +21,8 @@ class Metrics:
         )
         self.lag = Gauge(
             "sync_lag_seconds",
-            "Age of the oldest dirty id: how far MySQL is behind Redis.",
+            "Age of the oldest increment not yet in MySQL (dirty or claimed): how far MySQL "
+            "is behind Redis.",
             registry=r,
         )
         self.flushed = Counter(

@@ -92,6 +92,39 @@ async def test_every_finished_batch_counts_as_progress_for_liveness(
     assert max(ages[1:]) < 0.1  # each batch had just ended; the pass had run for seconds
 
 
+@pytest.mark.parametrize("emptied_by", ["written", "row_gone", "user_deleted"])
+async def test_claim_time_lives_exactly_as_long_as_inflight(
+    emptied_by: str,
+    drainer: Drainer,
+    counters: Counters,
+    redis: Redis,
+    mysql: Pool,
+    settings: Settings,
+) -> None:
+    """A claim records when its oldest id became dirty (the lag reads it), and the record
+    goes when inflight empties: written to MySQL, row found gone, or user deleted."""
+    (user_id,) = await add_users(mysql, 1)
+    await increment(counters, mysql, user_id)
+    k = keys_of(settings)
+    b = k.bucket(user_id)
+    dirty_since = await redis.zscore(k.dirty(b), user_id)
+    assert dirty_since is not None
+    batch = await drainer.claim(b)
+    assert batch is not None
+    assert await redis.get(k.inflight_since(b)) == str(int(dirty_since)).encode()
+    if emptied_by == "user_deleted":
+        await counters.deleted(user_id)
+    else:
+        if emptied_by == "row_gone":
+            async with mysql.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
+        missing = await drainer.write(batch.values)
+        assert missing == ({user_id} if emptied_by == "row_gone" else set())
+        await drainer.finish(b, batch, missing)
+    assert await redis.hlen(k.inflight(b)) == 0
+    assert await redis.exists(k.inflight_since(b)) == 0
+
+
 async def test_exact_under_load_with_worker_running(
     redis: Redis, mysql: Pool, settings: Settings, counters: Counters
 ) -> None:

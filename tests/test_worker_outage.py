@@ -13,10 +13,11 @@ from asyncmy.pool import Pool
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from counter_svc.connections import open_redis
-from counter_svc.counters import Outcome
+from counter_svc.connections import open_mysql, open_redis
+from counter_svc.counters import Outcome, now_ms
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
+from sync_worker.scheduler import Worker
 from tests.conftest import running_app
 from tests.faults import FaultProxy, private_redis
 from tests.worker_fixtures import (
@@ -24,6 +25,8 @@ from tests.worker_fixtures import (
     WorkerProcess,
     add_users,
     counters_of,
+    increment,
+    insert_users,
     keys_of,
     mysql_counters,
     redis_counters,
@@ -106,6 +109,39 @@ async def test_mysql_outage_api_keeps_counting_and_backlog_drains(
     }
     assert await redis_counters(redis, settings, ids) == expected
     assert await mysql_counters(mysql) == expected
+
+
+async def test_lag_counts_claimed_batches_while_mysql_is_down(
+    redis: Redis, mysql: Pool, settings: Settings
+) -> None:
+    """MySQL unreachable: a failed pass has moved every dirty id to inflight, yet the lag
+    still reports the oldest unsynced increment, not 0; once MySQL is back it drops to 0."""
+    # One bucket, one batch: the first failed claim takes them all.
+    ids = await insert_users(mysql, [settings.buckets * n for n in range(1, 6)])
+    counters = counters_of(redis, settings)
+    k = keys_of(settings)
+    for user_id in ids:
+        await increment(counters, mysql, user_id)
+        # Dirty for two minutes: the increments MySQL has not seen are that old.
+        await redis.zadd(k.dirty(k.bucket(user_id)), {str(user_id): now_ms() - 120_000}, xx=True)
+    with FaultProxy(settings.mysql_host, settings.mysql_port) as proxy:
+        proxy.block()
+        pool = await open_mysql(replace(settings, mysql_port=proxy.port), minsize=0)
+        try:
+            worker = Worker(worker_settings(settings), redis, pool)
+            assert not await worker.run_pass(force=True)
+            lag_down = worker.metrics.lag._value.get()
+            backlog_down = worker.metrics.backlog._value.get()
+            inflight_down = worker.metrics.inflight._value.get()
+            proxy.restore()
+            assert await worker.run_pass(force=True)
+        finally:
+            pool.close()
+            await pool.wait_closed()
+    assert (backlog_down, inflight_down) == (0, 5)  # all claimed: dirty alone would say 0
+    assert lag_down >= 120
+    assert worker.metrics.lag._value.get() == 0
+    assert await mysql_counters(mysql) == dict.fromkeys(ids, 1)
 
 
 async def _redis_restart_loss(
