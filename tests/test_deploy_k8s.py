@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ from tests.test_deploy_support import (
     APP_IMAGE,
     BASE,
     OVERLAY,
+    ROOT,
     TEST_ONLY_VARIABLES,
+    load_yaml,
     module_help,
     parse_settings,
     python_module_command,
@@ -434,12 +438,83 @@ def test_statefulsets_have_headless_services_volumes_and_probes() -> None:
     assert images == {"mysql": "mysql:8.0", "redis": "redis:7.2"}
 
 
-def test_redis_is_configured_like_compose() -> None:
-    """AOF every second, volatile-lru, a memory cap under the limit, a password."""
+def _redis_conf() -> dict[str, list[str]]:
+    """The directives of the rendered redis.conf: name -> arguments, as Redis splits them."""
     conf = _by_prefix("ConfigMap", "redis-config")["data"]["redis.conf"]
-    lines = {ln.strip() for ln in conf.splitlines() if ln.strip() and not ln.startswith("#")}
-    assert {"appendonly yes", "appendfsync everysec", "maxmemory-policy volatile-lru"} <= lines
-    assert "include /run/redis/auth.conf" in lines
+    directives: dict[str, list[str]] = {}
+    for line in conf.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, *args = shlex.split(line)
+            directives[name.lower()] = args
+    return directives
+
+
+def _compose_redis_options() -> dict[str, list[str]]:
+    """The `--name value...` options compose's redis command gives redis-server."""
+    command = load_yaml(ROOT / "compose.yaml")["services"]["redis"]["command"]
+    words = shlex.split(command[-1].replace("$$", "$")) if command[0] == "sh" else command
+    options: dict[str, list[str]] = {}
+    for word in words[words.index("redis-server") + 1 :]:
+        if word.startswith("--"):
+            name = word[2:].lower()
+            options[name] = []
+        else:
+            options[name].append(word)
+    return options
+
+
+_REDIS_UNITS = {
+    "": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_K8S_UNITS = {
+    "": 1,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+}
+
+
+def _bytes(quantity: str, units: dict[str, int]) -> int:
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity)
+    assert match, quantity
+    return int(match[1]) * units[match[2]]
+
+
+def test_redis_persists_by_aof_alone_in_kubernetes_and_compose() -> None:
+    """Both Redis set AOF every second and no RDB snapshots (`save ""`; the default
+    `3600 1 300 100 60 10000` would fork for nothing), volatile-lru and one maxmemory."""
+    k8s, compose = _redis_conf(), _compose_redis_options()
+    for where, settings in (("redis.conf", k8s), ("compose.yaml", compose)):
+        assert settings["appendonly"] == ["yes"], where
+        assert settings["appendfsync"] == ["everysec"], where
+        assert settings["save"] == [""], where
+        assert settings["maxmemory-policy"] == ["volatile-lru"], where
+    assert k8s["maxmemory"] == compose["maxmemory"]
+
+
+def test_redis_memory_limit_leaves_room_for_the_rewrite_fork() -> None:
+    """The container may use twice maxmemory: an AOF rewrite forks, and the pages written
+    while it runs are copied and counted against the same limit."""
+    (maxmemory,) = _redis_conf()["maxmemory"]
+    (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+    resources = container["resources"]
+    limit = _bytes(resources["limits"]["memory"], _K8S_UNITS)
+    assert limit >= 2 * _bytes(maxmemory.lower(), _REDIS_UNITS)
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+
+
+def test_redis_takes_its_password_from_the_secret() -> None:
+    """redis.conf includes the file the start-up script writes from the mounted Secret."""
+    assert _redis_conf()["include"] == ["/run/redis/auth.conf"]
     (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
     script = container["command"][-1]
     assert "requirepass" in script
