@@ -283,6 +283,15 @@ def test_compose_redis_persistence_eviction_and_password() -> None:
     assert "mysql-data:/var/lib/mysql" in _service("mysql")["volumes"]
 
 
+def test_compose_redis_runs_as_the_redis_user() -> None:
+    """The command starts with `sh`, so the image's entrypoint keeps root: the service
+    sets the image's `redis` user (uid and gid 999, the owner of /data) itself."""
+    redis = _service("redis")
+    assert redis["image"] == "redis:7.2"
+    assert redis["command"][0] != "redis-server"
+    assert redis["user"] == "999:999"
+
+
 def test_compose_app_env_is_read_by_the_settings() -> None:
     """Every variable compose sets for the app is one the settings read."""
     known = variables_read_by_code()
