@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import re
 import shlex
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, validate
 
 from tests.test_deploy_support import (
@@ -24,6 +26,7 @@ from tests.test_deploy_support import (
     python_module_command,
     render,
     routes_served,
+    run,
     variables_read_by_code,
 )
 
@@ -282,6 +285,53 @@ def test_dev_secret_holds_only_fake_values() -> None:
         assert base64.b64decode(value).decode().startswith("dev-only-fake-")
     base_kinds = {o["kind"] for o in render(BASE)}
     assert "Secret" not in base_kinds, "the base carries no credentials"
+
+
+PROD_EXAMPLE = "# k8s/overlays/prod/kustomization.yaml"
+
+
+def _readme_block(first_line: str) -> str:
+    """The README's fenced code block whose first line is `first_line`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks: list[str] = re.findall(r"^```\w*\n(.*?)^```", readme, re.S | re.M)
+    (block,) = [b for b in blocks if b.startswith(f"{first_line}\n")]
+    return block
+
+
+def test_readme_production_overlay_builds(tmp_path: Path) -> None:
+    """The README's production overlay, where it says in a copy of k8s/ and with stand-in
+    secret files, renders the Secret from those files and the image by digest; the
+    files are where .gitignore keeps them out of git."""
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "prod"
+    overlay.mkdir()
+    example = _readme_block(PROD_EXAMPLE)
+    (overlay / "kustomization.yaml").write_text(example, encoding="utf-8")
+    wanted: dict[str, dict[str, str]] = {}
+    for generator in yaml.safe_load(example)["secretGenerator"]:
+        for entry in generator["files"]:
+            key, path = entry.split("=", 1)
+            target = (overlay / path).resolve()
+            assert target.is_relative_to(overlay.resolve()), f"{path}: outside the overlay"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f"stand-in {key}\n", encoding="utf-8")
+            wanted.setdefault(generator["name"], {})[key] = f"stand-in {key}\n"
+            if (ROOT / ".git").exists():
+                ignored = run(
+                    ["git", "check-ignore", "-q", "--no-index", f"k8s/overlays/prod/{path}"]
+                )
+                assert ignored.returncode == 0, f"{path} is not git-ignored"
+    objects = render(overlay)
+    for name, data in wanted.items():
+        (secret,) = [
+            o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith(name)
+        ]
+        decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert decoded == data
+    (api,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "api"]
+    assert _pod(api)["containers"][0]["image"].startswith(
+        "registry.example.com/usercounter@sha256:"
+    )
 
 
 def test_only_the_migrate_init_container_gets_mysql_admin_credentials(tmp_path: Path) -> None:
