@@ -6,14 +6,20 @@ import base64
 import re
 import shlex
 import shutil
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, validate
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from tests.faults import free_port, port_open, wait_until
 from tests.test_deploy_support import (
     APP_IMAGE,
     BASE,
@@ -34,6 +40,8 @@ KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "usercounter-dev"
 DEV_HOST = "usercounter.dev.example.com"
 WORKLOADS = ("Deployment", "StatefulSet")
+# What MySQL and Redis read; its name carries no hash, so a change restarts neither.
+STORE_SECRET = "usercounter-store-secrets"
 Obj = dict[str, Any]
 
 
@@ -277,14 +285,48 @@ def test_secret_files_are_mounted_from_the_secret() -> None:
             assert key in secret["data"]
 
 
-def test_dev_secret_holds_only_fake_values() -> None:
-    """The dev overlay's Secret is generated from obviously fake, dev-only values."""
-    secret = _by_prefix("Secret", "usercounter-secrets")
-    assert set(secret["data"]) == {"mysql-root-password", "mysql-password", "redis-password"}
-    for value in secret["data"].values():
-        assert base64.b64decode(value).decode().startswith("dev-only-fake-")
+def test_dev_secrets_hold_only_fake_values() -> None:
+    """The dev overlay's two Secrets are generated from obviously fake, dev-only values."""
+    for secret in (_by_prefix("Secret", "usercounter-secrets"), _get("Secret", STORE_SECRET)):
+        assert set(secret["data"]) == {"mysql-root-password", "mysql-password", "redis-password"}
+        for value in secret["data"].values():
+            assert base64.b64decode(value).decode().startswith("dev-only-fake-")
     base_kinds = {o["kind"] for o in render(BASE)}
     assert "Secret" not in base_kinds, "the base carries no credentials"
+
+
+def _secrets_read_by(pod: Obj) -> set[str]:
+    """Names of the Secrets a pod mounts, as volumes or projected volume sources."""
+    names = set()
+    for volume in pod["volumes"]:
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
+
+
+def _workload_templates(objects: tuple[Obj, ...]) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o["spec"]["template"] for o in objects if o["kind"] in WORKLOADS}
+
+
+def test_a_password_change_rolls_the_app_but_neither_store(tmp_path: Path) -> None:
+    """MySQL and Redis read a Secret whose name carries no hash, the app pods one whose
+    name does: changing every password changes the api and sync-worker pod templates (they
+    roll) and leaves the mysql and redis ones as they were (neither restarts)."""
+    for name in ("mysql", "redis"):
+        assert _secrets_read_by(_pod(_get("StatefulSet", name))) == {STORE_SECRET}
+    for name in ("api", "sync-worker"):
+        (secret,) = _secrets_read_by(_pod(_get("Deployment", name)))
+        assert secret.startswith("usercounter-secrets-")
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    env = tmp_path / "k8s" / "overlays" / "dev" / "secrets.dev.env"
+    text = env.read_text(encoding="utf-8")
+    env.write_text(text.replace("=dev-only-fake-", "=dev-only-fake-rotated-"), encoding="utf-8")
+    before = _workload_templates(_objects())
+    after = _workload_templates(render(tmp_path / "k8s" / "overlays" / "dev"))
+    assert {n for n in before if before[n] != after[n]} == {"api", "sync-worker"}
 
 
 PROD_EXAMPLE = "# k8s/overlays/prod/kustomization.yaml"
@@ -300,8 +342,8 @@ def _readme_block(first_line: str) -> str:
 
 def test_readme_production_overlay_builds(tmp_path: Path) -> None:
     """The README's production overlay, where it says in a copy of k8s/ and with stand-in
-    secret files, renders the Secret from those files and the image by digest; the
-    files are where .gitignore keeps them out of git."""
+    secret files, renders both Secrets from those files (the stores' under its fixed
+    name) and the image by digest; the files are where .gitignore keeps them out of git."""
     shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
     overlay = tmp_path / "k8s" / "overlays" / "prod"
     overlay.mkdir()
@@ -328,6 +370,7 @@ def test_readme_production_overlay_builds(tmp_path: Path) -> None:
         ]
         decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
         assert decoded == data
+    assert STORE_SECRET in {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
     (api,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "api"]
     assert _pod(api)["containers"][0]["image"].startswith(
         "registry.example.com/usercounter@sha256:"
@@ -562,11 +605,141 @@ def test_redis_memory_limit_leaves_room_for_the_rewrite_fork() -> None:
     assert resources["requests"]["memory"] == resources["limits"]["memory"]
 
 
-def test_redis_takes_its_password_from_the_secret() -> None:
-    """redis.conf includes the file the start-up script writes from the mounted Secret."""
-    assert _redis_conf()["include"] == ["/run/redis/auth.conf"]
+REDIS_SECRETS = "/var/run/secrets/redis"
+REDIS_AUTH_CONF = "/run/redis/auth.conf"
+# Quotes, a backslash, a space, a `#`, and CR/LF at the end (which the app strips).
+TRICKY_PASSWORD = 'it\'s "new" \\ #not-a-comment\r\n'
+PREVIOUS_PASSWORD = "old one\n"
+
+
+def _moved(text: str, moves: dict[str, str]) -> str:
+    for old, new in moves.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+@contextmanager
+def _redis_as_in_its_pod(tmp_path: Path, secrets: dict[str, str]) -> Iterator[int]:
+    """Run the redis container's start-up script on this machine, with the rendered
+    redis.conf and the `secrets` files, their paths moved under `tmp_path`; yield the
+    port of the redis-server it starts, and stop it at the end."""
     (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
-    script = container["command"][-1]
-    assert "requirepass" in script
-    assert "/run/redis/auth.conf" in script
-    assert "redis-server /etc/redis/redis.conf" in script
+    shell, flag, script = container["command"]
+    port = free_port()
+    for sub in ("secrets", "run", "data"):
+        (tmp_path / sub).mkdir()
+    for name, value in secrets.items():
+        (tmp_path / "secrets" / name).write_bytes(value.encode())
+    conf = _by_prefix("ConfigMap", "redis-config")["data"]["redis.conf"]
+    moves = {REDIS_AUTH_CONF: str(tmp_path / "run" / "auth.conf")}
+    (tmp_path / "redis.conf").write_text(
+        _moved(conf, {**moves, "\ndir /data\n": f"\ndir {tmp_path / 'data'}\n"}),
+        encoding="utf-8",
+    )
+    server = f"redis-server {tmp_path / 'redis.conf'} --port {port} --bind 127.0.0.1"
+    script = _moved(
+        script,
+        {
+            **moves,
+            REDIS_SECRETS: str(tmp_path / "secrets"),
+            "redis-server /etc/redis/redis.conf": server,
+        },
+    )
+    proc = subprocess.Popen([shell, flag, script], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc.poll() is not None or port_open(port), 10, "redis-server")
+        assert proc.poll() is None, "the start-up script or redis-server stopped"
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _client(port: int, password: str | None = None) -> redis.Redis:
+    """A client that tries once: a refused password is an answer, not a reason to retry."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        password=password,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), retries=0),
+    )
+
+
+def _authenticates(port: int, password: str | None) -> bool:
+    client = _client(port, password)
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return False
+    finally:
+        client.close()
+
+
+needs_redis = pytest.mark.skipif(
+    not (shutil.which("redis-server") and shutil.which("redis-cli")),
+    reason="needs redis-server and redis-cli",
+)
+
+
+@needs_redis
+def test_redis_start_script_accepts_the_password_whatever_it_holds(tmp_path: Path) -> None:
+    """The pod's start-up script and redis.conf, run here: Redis accepts the Secret's
+    password as the app reads it (quotes, backslash, space, `#`), and the previous one
+    while it is in the Secret; nothing else. No clear text in the written file, no RDB
+    snapshots; the readiness probe's command logs in and gets PONG."""
+    secrets = {"redis-password": TRICKY_PASSWORD, "redis-password-previous": PREVIOUS_PASSWORD}
+    with _redis_as_in_its_pod(tmp_path, secrets) as port:
+        assert _authenticates(port, TRICKY_PASSWORD.rstrip("\r\n"))
+        assert _authenticates(port, PREVIOUS_PASSWORD.rstrip("\r\n"))
+        assert not _authenticates(port, TRICKY_PASSWORD)
+        assert not _authenticates(port, "wrong")
+        with pytest.raises(redis.AuthenticationError):
+            _client(port).set("k", 1)
+        client = _client(port, TRICKY_PASSWORD.rstrip("\r\n"))
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+        auth_conf = tmp_path / "run" / "auth.conf"
+        assert auth_conf.stat().st_mode & 0o077 == 0
+        written = auth_conf.read_text(encoding="utf-8")
+        assert "#not-a-comment" not in written
+        assert "old one" not in written
+        (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+        shell, flag, probe = container["readinessProbe"]["exec"]["command"]
+        probe = _moved(
+            probe, {REDIS_SECRETS: str(tmp_path / "secrets"), "redis-cli": f"redis-cli -p {port}"}
+        )
+        assert subprocess.run([shell, flag, probe], check=False, timeout=10).returncode == 0
+
+
+@needs_redis
+def test_redis_start_script_drops_the_previous_password_once_it_is_gone(tmp_path: Path) -> None:
+    """Without redis-password-previous in the Secret, only redis-password opens Redis."""
+    with _redis_as_in_its_pod(tmp_path, {"redis-password": "only this one\n"}) as port:
+        assert _authenticates(port, "only this one")
+        assert not _authenticates(port, PREVIOUS_PASSWORD.rstrip("\r\n"))
+
+
+def test_redis_start_script_refuses_an_empty_password(tmp_path: Path) -> None:
+    """An empty redis-password stops the start-up script before Redis starts."""
+    (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+    shell, flag, script = container["command"]
+    (tmp_path / "redis-password").write_text("\n", encoding="utf-8")
+    script = _moved(
+        script,
+        {
+            REDIS_SECRETS: str(tmp_path),
+            REDIS_AUTH_CONF: str(tmp_path / "auth.conf"),
+            "exec redis-server": "exec false",
+        },
+    )
+    result = subprocess.run([shell, flag, script], check=False, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "empty" in result.stderr
+
+
+def test_redis_conf_includes_the_passwords_the_script_writes() -> None:
+    """redis.conf includes the file that the start-up script writes."""
+    assert _redis_conf()["include"] == [REDIS_AUTH_CONF]
