@@ -80,19 +80,7 @@ def test_document_links_and_paths_lead_somewhere(document: Path) -> None:
 
 # sync-worker.yaml still names docs/deploy.md; the file is changing along with the worker,
 # and that change takes README.md#real-credentials as api.yaml does.
-_PENDING = {"k8s/base/sync-worker.yaml"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason="names docs/deploy.md", strict=False))
-        if _relative(p) in _PENDING
-        else p
-        for p in K8S_FILES
-    ],
-    ids=_relative,
-)
+@pytest.mark.parametrize("path", K8S_FILES, ids=_relative)
 def test_k8s_files_name_documents_that_exist(path: Path) -> None:
     """Every `docs/...` or `README.md#anchor` that a file under k8s/ names (in comments,
     and in runbook_url values) is a file, and a heading of it."""
