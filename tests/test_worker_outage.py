@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -208,31 +210,41 @@ async def test_redis_sigkill_without_persistence_loses_only_unsynced(
     assert 0 <= lost <= unsynced
 
 
-async def test_volatile_lru_evicts_only_idle_counters(
-    tmp_path: Path, mysql: Pool, settings: Settings
-) -> None:
-    """Under maxmemory with volatile-lru, flushed idle counters are evicted, never dirty ones."""
-    extra = ("--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru")
+@contextlib.asynccontextmanager
+async def capped_redis(
+    tmp_path: Path, settings: Settings, maxmemory: str
+) -> AsyncIterator[tuple[Settings, Redis]]:
+    """A private Redis at `maxmemory` with volatile-lru, as deployed; the settings and a
+    client for it."""
+    extra = ("--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru")
     with private_redis(tmp_path, appendonly=False, extra=extra) as server:
         own = replace(settings, redis_url=server.url)
         client = open_redis(own)
         try:
-            counters = counters_of(client, own)
-            ids = await add_users(mysql, 300)
-            load = Load(counters, mysql, ids)
-            await load.run(600, concurrency=8)  # dirty, no TTL
-            # Synced idle counters, as the worker leaves them: each carries the idle TTL.
-            for start in range(10_000, 90_000, 2_000):
-                pipe = client.pipeline(transaction=False)
-                for user_id in range(start, start + 2_000):
-                    pipe.set(keys_of(own).counter(user_id), 1, px=own.idle_ttl_seconds * 1000)
-                await pipe.execute()
-            info = await client.info("stats")
-            survivors = await redis_counters(client, own, ids)
-            drainer = Drainer(client, mysql, keys_of(own))
-            assert await drainer.drain_all(4) == []
+            yield own, client
         finally:
             await client.aclose()
+
+
+async def test_volatile_lru_evicts_only_idle_counters(
+    tmp_path: Path, mysql: Pool, settings: Settings
+) -> None:
+    """Under maxmemory with volatile-lru, flushed idle counters are evicted, never dirty ones."""
+    async with capped_redis(tmp_path, settings, "4mb") as (own, client):
+        counters = counters_of(client, own)
+        ids = await add_users(mysql, 300)
+        load = Load(counters, mysql, ids)
+        await load.run(600, concurrency=8)  # dirty, no TTL
+        # Synced idle counters, as the worker leaves them: each carries the idle TTL.
+        for start in range(10_000, 90_000, 2_000):
+            pipe = client.pipeline(transaction=False)
+            for user_id in range(start, start + 2_000):
+                pipe.set(keys_of(own).counter(user_id), 1, px=own.idle_ttl_seconds * 1000)
+            await pipe.execute()
+        info = await client.info("stats")
+        survivors = await redis_counters(client, own, ids)
+        drainer = Drainer(client, mysql, keys_of(own))
+        assert await drainer.drain_all(4) == []
     assert info["evicted_keys"] > 0
     assert survivors == load.expected()
     assert await mysql_counters(mysql) == load.expected()
@@ -245,29 +257,23 @@ async def test_a_full_redis_still_drains_and_then_counts_again(
     which have no TTL and cannot be evicted: increments are refused. The worker must still
     drain them all (its scripts may use memory to free it), and the idle TTLs it sets
     make room, so increments work again without anyone stepping in."""
-    extra = ("--maxmemory", "3mb", "--maxmemory-policy", "volatile-lru")
-    with private_redis(tmp_path, appendonly=False, extra=extra) as server:
-        own = replace(settings, redis_url=server.url)
-        client = open_redis(own)
-        try:
-            counters = counters_of(client, own)
-            ids = await add_users(mysql, 30_000)
-            acked: dict[int, int] = {}
-            for user_id in ids:
-                try:
-                    await counters.increment(user_id, seed=0)
-                except OutOfMemoryError:
-                    break
-                acked[user_id] = 1
-            else:
-                pytest.fail("Redis never reached maxmemory")
-            refused_at = user_id
-            drainer = Drainer(client, mysql, keys_of(own))
-            assert await drainer.drain_all(4) == []
-            synced = await mysql_counters(mysql)
-            again = await counters.increment(refused_at, seed=0)
-        finally:
-            await client.aclose()
+    async with capped_redis(tmp_path, settings, "3mb") as (own, client):
+        counters = counters_of(client, own)
+        ids = await add_users(mysql, 30_000)
+        acked: dict[int, int] = {}
+        for user_id in ids:
+            try:
+                await counters.increment(user_id, seed=0)
+            except OutOfMemoryError:
+                break
+            acked[user_id] = 1
+        else:
+            pytest.fail("Redis never reached maxmemory")
+        refused_at = user_id
+        drainer = Drainer(client, mysql, keys_of(own))
+        assert await drainer.drain_all(4) == []
+        synced = await mysql_counters(mysql)
+        again = await counters.increment(refused_at, seed=0)
     assert len(acked) > 1_000
     assert synced == {i: acked.get(i, 0) for i in ids}
     assert again == (Outcome.OK, 1)
