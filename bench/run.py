@@ -291,8 +291,12 @@ class Bench:
             self.worker.stop()
             asyncio.run(checks.make_backlog(self.settings, n, "drain"))
             started = time.monotonic()
-            self.worker = self._start_worker()
+            # Watched from the moment it is spawned (no settling pause as in _start_worker):
+            # a worker that claims before the first look would be timed from its spawn.
+            self.worker = stack.start_worker(self.settings, self.results / "worker.log")
             rate = asyncio.run(checks.time_drain(self.settings, n, "drain", started, 120))
+            if not self.worker.alive():
+                raise RuntimeError(f"the sync worker exited:\n{self.worker.tail()}")
         self.out["drain_rate"] = rate.as_dict()
         self.progress.say(
             f"drain rate: {rate.counters:,} counters in {rate.seconds_draining:.2f} s "
