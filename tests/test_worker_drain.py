@@ -38,6 +38,16 @@ def drainer(redis: Redis, mysql: Pool, settings: Settings) -> Drainer:
     return Drainer(redis, mysql, keys_of(settings), batch_size=100, lease_seconds=5)
 
 
+async def dirty_in_bucket_zero(
+    mysql: Pool, settings: Settings, counters: Counters, count: int
+) -> list[int]:
+    """`count` users, all in bucket 0, each incremented once: one bucket's backlog."""
+    ids = await insert_users(mysql, [settings.buckets * n for n in range(1, count + 1)])
+    for user_id in ids:
+        await increment(counters, mysql, user_id)
+    return ids
+
+
 async def test_drain_writes_redis_values_to_mysql(
     drainer: Drainer, counters: Counters, mysql: Pool, redis: Redis, settings: Settings
 ) -> None:
@@ -56,9 +66,7 @@ async def test_bucket_drains_in_batches_within_one_pass(
     redis: Redis, mysql: Pool, settings: Settings, counters: Counters
 ) -> None:
     """A bucket with more dirty ids than a batch is drained in several batches in one pass."""
-    ids = await insert_users(mysql, [settings.buckets * n for n in range(1, 26)])
-    for user_id in ids:
-        await increment(counters, mysql, user_id)
+    ids = await dirty_in_bucket_zero(mysql, settings, counters, 25)
     small = Drainer(redis, mysql, keys_of(settings), batch_size=3)
     assert await small.drain_bucket(0) == 25
     assert small.metrics.batches._value.get() == 9
@@ -70,9 +78,7 @@ async def test_every_finished_batch_counts_as_progress_for_liveness(
 ) -> None:
     """Inside one long pass, each finished batch refreshes the mark that /livez reads, so a
     long healthy drain of a big backlog is not taken for a stuck worker."""
-    ids = await insert_users(mysql, [settings.buckets * n for n in range(1, 11)])
-    for user_id in ids:
-        await increment(counters, mysql, user_id)
+    await dirty_in_bucket_zero(mysql, settings, counters, 10)
     metrics = Metrics()
     ages: list[float] = []
 
@@ -329,9 +335,7 @@ async def test_lease_is_renewed_during_a_long_drain(
     redis: Redis, mysql: Pool, settings: Settings, counters: Counters
 ) -> None:
     """A drain longer than a third of the lease renews it, so no peer steps in."""
-    ids = await insert_users(mysql, [settings.buckets * n for n in range(1, 5)])
-    for user_id in ids:
-        await increment(counters, mysql, user_id)
+    await dirty_in_bucket_zero(mysql, settings, counters, 4)
     k = keys_of(settings)
     ttls: list[int] = []
 
