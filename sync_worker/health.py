@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,28 +24,33 @@ def health_app(
     Redis down counts); `/livez` answers 503 only when no batch or pass, failed or not,
     finished for `liveness_max_age_seconds`: the worker itself is stuck."""
 
-    async def healthz(request: Request) -> Response:
-        age = metrics.success_age()
-        ok = age <= max_age_seconds
-        body = {"status": "ok" if ok else "stale", "last_success_age_seconds": round(age, 3)}
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    async def livez(request: Request) -> Response:
-        age = metrics.progress_age()
-        ok = age <= liveness_max_age_seconds
-        body = {"status": "ok" if ok else "stuck", "last_progress_age_seconds": round(age, 3)}
-        return JSONResponse(body, status_code=200 if ok else 503)
-
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
-            Route("/healthz", healthz),
-            Route("/livez", livez),
+            Route("/healthz", _age_probe(metrics.success_age, max_age_seconds, "stale", "success")),
+            Route(
+                "/livez",
+                _age_probe(metrics.progress_age, liveness_max_age_seconds, "stuck", "progress"),
+            ),
             Route("/metrics", prometheus),
         ]
     )
+
+
+def _age_probe(
+    age_of: Callable[[], float], max_age: float, failing: str, what: str
+) -> Callable[[Request], Awaitable[Response]]:
+    """A probe that answers 200 while `age_of()` is within `max_age`, else 503 `failing`."""
+
+    async def probe(request: Request) -> Response:
+        age = age_of()
+        ok = age <= max_age
+        body = {"status": "ok" if ok else failing, f"last_{what}_age_seconds": round(age, 3)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return probe
 
 
 class _Server(uvicorn.Server):
