@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol: one socket write per response, and parser errors as JSON.
+"""uvicorn's httptools protocol: one socket write per response, what never reaches the
+app (unparsable requests, request heads over 16 KiB) answered in the app's JSON shape.
 
 uvicorn writes the status line and headers as soon as the app sends
 `http.response.start`, and the body on `http.response.body`: two `send()` calls and two
@@ -9,8 +10,8 @@ on the wire are the same, in the same order. `bench/levers.py` measured the diff
 (docs/benchmarks.md).
 
 A request the HTTP parser cannot read never reaches the app, so uvicorn answers it itself
-with a plain-text 400; here that answer has the API's JSON error shape and the headers
-every other answer carries.
+with a plain-text 400; here that answer, and the 431 for a head too large to buffer, have
+the API's JSON error shape and the headers every other answer carries.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from counter_svc.app import new_request_id
+from counter_svc.errors import error_response
 from counter_svc.security import SECURITY_HEADERS
 
 # Past this many bytes held, write at once: a large or streamed body is not held back.
@@ -127,7 +128,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(400, "invalid_request", msg)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        body = orjson.dumps({"error": code, "message": message})
+        body = bytes(error_response(status, code, message).body)  # the API's error shape
         head = [STATUS_LINE[status]]
         headers = (
             *self.server_state.default_headers,
