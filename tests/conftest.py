@@ -41,10 +41,11 @@ def base_settings() -> Iterator[Settings]:
         log_format="json",
     )
     yield settings
-    _drop_run(settings)
+    drop_run(settings)
 
 
-def _drop_run(settings: Settings) -> None:
+def drop_run(settings: Settings) -> None:
+    """Drop the database and delete the Redis keys that `settings` name."""
     import asyncio
 
     async def drop() -> None:

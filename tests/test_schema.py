@@ -1,6 +1,5 @@
 """The schema and the migrate command."""
 
-import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -11,7 +10,7 @@ from asyncmy.pool import Pool
 
 from counter_svc.connections import USERNAME_COLLATION, MigrateError, migrate, mysql_kwargs
 from counter_svc.settings import Settings
-from tests.conftest import running_app
+from tests.conftest import drop_run, running_app
 
 
 async def test_migrate_twice_is_harmless(settings: Settings, mysql: Pool) -> None:
@@ -85,14 +84,7 @@ def legacy(settings: Settings) -> Iterator[Settings]:
     """A database of its own for a table of an older schema; dropped afterwards."""
     own = replace(settings, mysql_database=f"{settings.mysql_database}_legacy")
     yield own
-
-    async def drop() -> None:
-        conn = await asyncmy.connect(**mysql_kwargs(own))
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{own.mysql_database}`")
-        conn.close()
-
-    asyncio.run(drop())
+    drop_run(own)
 
 
 async def test_migrate_brings_an_older_table_to_the_named_collation(legacy: Settings) -> None:
