@@ -235,6 +235,7 @@ class Bench:
             keys.gone(user_id),
             keys.absent(user_id),
             keys.dirty(keys.bucket(user_id)),
+            keys.generation(keys.bucket(user_id)),
         ]
 
         async def prepare() -> str:
@@ -247,7 +248,7 @@ class Bench:
                 await redis.aclose()
 
         sha = asyncio.run(prepare())
-        evalsha = ["EVALSHA", sha, "5", *counter_keys, "", str(user_id), "1", "", "60"]
+        evalsha = ["EVALSHA", sha, "5", *counter_keys, str(user_id), "1", "", "60", ""]
         runs = [
             ("INCR", ["INCR", counter_keys[0]], 64),
             ("increment script (EVALSHA)", evalsha, 64),

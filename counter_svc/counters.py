@@ -27,6 +27,7 @@ class Outcome(IntEnum):
     GONE = 2  # tombstone: the user was deleted
     REPLAY = 3  # idempotency key seen before: the stored answer is returned
     ABSENT = 4  # negative cache: MySQL had no such row a moment ago
+    STALE = 5  # a seed refused: the bucket's generation moved since the MySQL read began
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class Keys:
     def lease(self, bucket: int) -> str:
         return f"{self.tag(bucket)}:lease"
 
+    def generation(self, bucket: int) -> str:
+        """Bumped by every script that can make a counter of the bucket disappear (gives it
+        the idle TTL, or deletes it): a seed read from MySQL before a bump may be stale."""
+        return f"{self.tag(bucket)}:gen"
+
     def gone(self, user_id: int) -> str:
         return f"{self.tag(self.bucket(user_id))}:gone:{user_id}"
 
@@ -79,81 +85,99 @@ class Keys:
         return f"{self.prefix}:*"
 
 
-# Increment. KEYS: counter, gone, absent, dirty, idem (or "" for none).
-# ARGV: id, now_ms, seed ("" on the hot path), idempotency ttl seconds.
-# Returns {outcome, value}. A seed is applied only when the counter is absent and no
-# tombstone exists, so a delete racing a cold increment always wins. The tombstone is
+# Increment. KEYS: counter, gone, absent, dirty, generation, then idem when the request
+# has an Idempotency-Key (no empty key name: on a cluster it would hash to another slot).
+# ARGV: id, now_ms, seed ("" on the hot path), idempotency ttl seconds, the generation the
+# seed was read under. Returns {outcome, value}; a MISS returns the bucket's generation,
+# to be handed back with the seed read from MySQL after it (docs/design.md, invariant 11).
+# A seed is applied only when the counter is absent, no tombstone exists and the generation
+# has not moved, so a delete racing a cold increment always wins and a value read from
+# MySQL before a newer one was synced and evicted is never put back. The tombstone is
 # checked before the idempotent answer: a deleted user stays 404, retries included.
 # The value is returned as Redis' own string: Lua numbers are doubles, and tostring()
 # would print 1e+14 for large counters.
 INCREMENT_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
-local idem = KEYS[5]
-if idem ~= '' then
+local idem = KEYS[6]
+if idem then
   local prev = redis.call('GET', idem)
   if prev then return {3, prev} end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[3] == '' then
     if redis.call('EXISTS', KEYS[3]) == 1 then return {4, ''} end
-    return {1, ''}
+    return {1, redis.call('GET', KEYS[5]) or '0'}
   end
+  if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return {5, ''} end
   redis.call('SET', KEYS[1], ARGV[3])
 end
 redis.call('INCR', KEYS[1])
 local v = redis.call('GET', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
-if idem ~= '' then redis.call('SET', idem, v, 'EX', ARGV[4]) end
+if idem then redis.call('SET', idem, v, 'EX', ARGV[4]) end
 return {0, v}
 """
 
-# Read. KEYS: counter, gone, absent. Returns {outcome, value}.
+# Read. KEYS: counter, gone, absent, generation. Returns {outcome, value}; a MISS (and an
+# ABSENT: `get` reads the row anyway) returns the bucket's generation, as the increment does.
 # Flagged read-only, so counts keep working when Redis is at maxmemory or a replica.
 READ_LUA = """#!lua flags=no-writes
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local v = redis.call('GET', KEYS[1])
 if v then return {0, v} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {4, ''} end
-return {1, ''}
+local gen = redis.call('GET', KEYS[4]) or '0'
+if redis.call('EXISTS', KEYS[3]) == 1 then return {4, gen} end
+return {1, gen}
 """
 
-# Seed a counter read from MySQL. KEYS: counter, gone. ARGV: value, idle ttl ms.
-# SET NX keeps any newer live value; the idle TTL lets a clean counter be evicted.
+# Seed a counter read from MySQL. KEYS: counter, gone, generation. ARGV: value, idle ttl
+# ms, the generation the value was read under. A live counter is newer and kept; a moved
+# generation means the value may be older than one already synced and evicted: refused
+# (STALE), the caller reads MySQL again. The idle TTL lets a clean counter be evicted.
 SEED_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
-redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-return {0, redis.call('GET', KEYS[1])}
+local v = redis.call('GET', KEYS[1])
+if v then return {0, v} end
+if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then return {5, ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {0, ARGV[1]}
 """
 
-# Remember that MySQL has no such row. KEYS: counter, gone, absent. ARGV: ttl ms.
-# Refused when a counter exists: a create that landed meanwhile always wins.
+# Remember that MySQL has no such row. KEYS: counter, gone, absent, generation. ARGV: ttl
+# ms, the generation the row was looked up under. Refused when a counter exists, or when
+# the generation moved (a create may have come and its counter gone since): a create that
+# landed meanwhile always wins.
 MARK_ABSENT_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local v = redis.call('GET', KEYS[1])
 if v then return {0, v} end
+if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[2] then return {5, ''} end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
 return {4, ''}
 """
 
-# A user was just inserted. KEYS: counter, gone, absent. ARGV: idle ttl ms.
+# A user was just inserted. KEYS: counter, gone, absent, generation. ARGV: idle ttl ms.
 # Ids are never reused, so a tombstone here means a delete of this very user raced in
-# between the INSERT and this call: it must win. A negative-cache entry is stale.
+# between the INSERT and this call: it must win. A negative-cache entry is stale. The
+# new counter carries the idle TTL, so the generation moves.
 CREATED_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
+redis.call('INCR', KEYS[4])
 return 1
 """
 
 # A user was just deleted from MySQL. KEYS: counter, gone, absent, dirty, inflight,
-# inflight_since. ARGV: id, tombstone ttl seconds.
+# inflight_since, generation. ARGV: id, tombstone ttl seconds.
 DELETED_LUA = """
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('EXISTS', KEYS[5]) == 0 then redis.call('DEL', KEYS[6]) end
+redis.call('INCR', KEYS[7])
 return 1
 """
 
@@ -193,10 +217,11 @@ if since then redis.call('SET', KEYS[3], since) end
 return {0, out}
 """
 
-# Worker finish, after the MySQL commit. KEYS: inflight, dirty, inflight_since.
-# ARGV: counter key prefix, idle ttl ms, then id, value pairs that were committed.
-# Each inflight entry is dropped only if it still holds the committed value (a peer may
-# have claimed anew); each counter gets the idle TTL only if nobody incremented it since.
+# Worker finish, after the MySQL commit. KEYS: inflight, dirty, inflight_since,
+# generation. ARGV: counter key prefix, idle ttl ms, then id, value pairs that were
+# committed. Each inflight entry is dropped only if it still holds the committed value (a
+# peer may have claimed anew); each counter gets the idle TTL only if nobody incremented
+# it since. A counter with a TTL may be evicted, so the generation moves when any got one.
 FINISH_LUA = """#!lua flags=allow-oom
 local expired = 0
 for i = 3, #ARGV, 2 do
@@ -209,6 +234,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
+if expired > 0 then redis.call('INCR', KEYS[4]) end
 return expired
 """
 
@@ -295,36 +321,61 @@ class Counters:
         k = self.keys
         return [k.counter(user_id), k.gone(user_id), k.absent(user_id)]
 
+    def _generation(self, user_id: int) -> str:
+        return self.keys.generation(self.keys.bucket(user_id))
+
     async def increment(
-        self, user_id: int, idem_key: str | None = None, seed: int | None = None
+        self,
+        user_id: int,
+        idem_key: str | None = None,
+        seed: int | None = None,
+        generation: int | None = None,
     ) -> tuple[Outcome, int | None]:
+        """Count once. On a MISS the value is the bucket's generation: read MySQL after it
+        and call again with `seed` and that `generation`. A seed without a generation is
+        applied unchecked: only for counters set up outside the request paths."""
         k = self.keys
-        keys = [
-            *self._user_keys(user_id),
-            k.dirty(k.bucket(user_id)),
-            k.idem(user_id, idem_key) if idem_key else "",
+        keys = [*self._user_keys(user_id), k.dirty(k.bucket(user_id)), self._generation(user_id)]
+        if idem_key:
+            keys.append(k.idem(user_id, idem_key))
+        args = [
+            user_id,
+            now_ms(),
+            "" if seed is None else seed,
+            self._idem_s,
+            "" if generation is None else generation,
         ]
-        args = [user_id, now_ms(), "" if seed is None else seed, self._idem_s]
         return _result(await self._calls.run(self._increment, keys, args))
 
     async def read(self, user_id: int) -> tuple[Outcome, int | None]:
-        return _result(await self._calls.run(self._read, self._user_keys(user_id), ()))
+        """The live value; on a MISS the value is the bucket's generation, as above."""
+        keys = [*self._user_keys(user_id), self._generation(user_id)]
+        return _result(await self._calls.run(self._read, keys, ()))
 
-    async def seed(self, user_id: int, value: int) -> tuple[Outcome, int | None]:
-        keys = self._user_keys(user_id)[:2]
-        return _result(await self._calls.run(self._seed, keys, (value, self._idle_ms)))
+    async def seed(self, user_id: int, value: int, generation: int) -> tuple[Outcome, int | None]:
+        """Seed a value read from MySQL under `generation` (from a MISS before the read)."""
+        keys = [*self._user_keys(user_id)[:2], self._generation(user_id)]
+        return _result(await self._calls.run(self._seed, keys, (value, self._idle_ms, generation)))
 
-    async def mark_absent(self, user_id: int) -> tuple[Outcome, int | None]:
-        keys = self._user_keys(user_id)
-        return _result(await self._calls.run(self._mark_absent, keys, (self._absent_ms,)))
+    async def mark_absent(self, user_id: int, generation: int) -> tuple[Outcome, int | None]:
+        keys = [*self._user_keys(user_id), self._generation(user_id)]
+        args = (self._absent_ms, generation)
+        return _result(await self._calls.run(self._mark_absent, keys, args))
 
     async def created(self, user_id: int) -> None:
-        await self._calls.run(self._created, self._user_keys(user_id), (self._idle_ms,))
+        keys = [*self._user_keys(user_id), self._generation(user_id)]
+        await self._calls.run(self._created, keys, (self._idle_ms,))
 
     async def deleted(self, user_id: int) -> None:
         k = self.keys
         b = k.bucket(user_id)
-        keys = [*self._user_keys(user_id), k.dirty(b), k.inflight(b), k.inflight_since(b)]
+        keys = [
+            *self._user_keys(user_id),
+            k.dirty(b),
+            k.inflight(b),
+            k.inflight_since(b),
+            k.generation(b),
+        ]
         await self._calls.run(self._deleted, keys, (user_id, self._tombstone_s))
 
 
@@ -360,17 +411,18 @@ return 0
 """
 
 # Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
-# KEYS: dirty, inflight, inflight_since, then counter, gone for each id. ARGV: tombstone
-# ttl s, then ids. The tombstone makes a racing cold increment answer 404 even if the API
-# that deleted the row died before writing one.
+# KEYS: dirty, inflight, inflight_since, generation, then counter, gone for each id.
+# ARGV: tombstone ttl s, then ids. The tombstone makes a racing cold increment answer 404
+# even if the API that deleted the row died before writing one.
 FORGET_LUA = """#!lua flags=allow-oom
 for i = 2, #ARGV do
   local id = ARGV[i]
-  redis.call('SET', KEYS[2 * i + 1], '1', 'EX', ARGV[1])
-  redis.call('DEL', KEYS[2 * i])
+  redis.call('SET', KEYS[2 * i + 2], '1', 'EX', ARGV[1])
+  redis.call('DEL', KEYS[2 * i + 1])
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
+redis.call('INCR', KEYS[4])
 return #ARGV - 1
 """

@@ -44,6 +44,11 @@ class Metrics:
             "Counter reads and increments that had to read MySQL.",
             registry=r,
         )
+        self.stale_seeds = Counter(
+            "usercounter_stale_seeds",
+            "Seeds from MySQL refused because the bucket changed during the read (read again).",
+            registry=r,
+        )
         self.mysql_errors = Counter(
             "usercounter_mysql_errors", "MySQL calls that failed or timed out.", registry=r
         )

@@ -1,13 +1,14 @@
-"""The request paths of DESIGN.md: Redis in front, MySQL behind.
+"""The request paths of docs/design.md: Redis in front, MySQL behind.
 
 Increments and counts are answered from Redis; a miss reads MySQL once per id per
-process (single flight) and seeds Redis with a script that a tombstone refuses.
+process (single flight) and seeds Redis with a script that a tombstone refuses, and
+that a moved bucket generation refuses (invariant 11): then MySQL is read again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
@@ -22,19 +23,39 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
+# Reads of MySQL for one request whose seeds were refused as possibly stale. A refusal
+# needs a sync, create or delete in the same bucket during the MySQL read, so the second
+# attempt all but always seeds.
+SEED_ATTEMPTS = 5
+
+# Called with a step name on the miss path; tests use it to hold a request between its
+# MySQL read and its seed ("after_mysql_read").
+Hook = Callable[[str], Coroutine[Any, Any, None]]
+
+
+async def no_hook(step: str) -> None:
+    """The hook of a production store: nothing."""
+
 
 class RedisUnavailable(Unavailable):
     """Redis could not be reached or did not answer in time."""
 
 
+class SeedContended(Unavailable):
+    """Every seed of a cold counter was refused: its bucket kept changing under the read."""
+
+
 class Store:
     """User and counter operations as the HTTP API needs them."""
 
-    def __init__(self, users: Users, counters: Counters, metrics: Metrics) -> None:
+    def __init__(
+        self, users: Users, counters: Counters, metrics: Metrics, hook: Hook = no_hook
+    ) -> None:
         self.users = users
         self.counters = counters
         self.metrics = metrics
-        self._mysql_reads: SingleFlight[int | None] = SingleFlight()
+        self.hook = hook
+        self._mysql_reads: SingleFlight[tuple[int | None, int]] = SingleFlight()
 
     async def create_user(self, username: str) -> User:
         user = await self.users.create(username)
@@ -48,53 +69,80 @@ class Store:
         return user
 
     async def get_user(self, user_id: int) -> User:
-        user = await self.users.get(user_id)
-        if user is None:
-            raise UserNotFound(f"user {user_id} not found")
-        outcome, value = await self._redis(self.counters.read(user_id))
-        if outcome is Outcome.MISS or outcome is Outcome.ABSENT:
-            outcome, value = await self._redis(self.counters.seed(user_id, user.counter))
-        if outcome is Outcome.GONE or value is None:
-            raise UserNotFound(f"user {user_id} not found")
-        return User(user.id, user.username, value, user.created_at, user.updated_at)
+        for _ in range(SEED_ATTEMPTS):
+            # Redis first: a MISS carries the generation the row below is read under.
+            outcome, value = await self._redis(self.counters.read(user_id))
+            user = await self.users.get(user_id)
+            if user is None:
+                raise UserNotFound(f"user {user_id} not found")
+            if outcome is Outcome.MISS or outcome is Outcome.ABSENT:
+                # ABSENT: probed before its create landed; the row is here now.
+                await self.hook("after_mysql_read")
+                outcome, value = await self._redis(
+                    self.counters.seed(user_id, user.counter, generation=value or 0)
+                )
+            if outcome is Outcome.STALE:
+                self.metrics.stale_seeds.inc()
+                continue
+            if outcome is Outcome.GONE or value is None:
+                raise UserNotFound(f"user {user_id} not found")
+            return User(user.id, user.username, value, user.created_at, user.updated_at)
+        raise self._contended(user_id)
 
     async def count(self, user_id: int) -> int:
-        outcome, value = await self._redis(self.counters.read(user_id))
-        if outcome is Outcome.OK and value is not None:
-            self.metrics.cache_hits.inc()
-            return value
-        if outcome is Outcome.MISS:
+        for _ in range(SEED_ATTEMPTS):
+            outcome, value = await self._redis(self.counters.read(user_id))
+            if outcome is Outcome.OK and value is not None:
+                self.metrics.cache_hits.inc()
+                return value
+            if outcome is not Outcome.MISS:
+                break
             self.metrics.cache_misses.inc()
-            stored = await self._mysql_counter(user_id)
+            stored, generation = await self._mysql_counter(user_id, value or 0)
+            await self.hook("after_mysql_read")
             if stored is not None:
-                outcome, value = await self._redis(self.counters.seed(user_id, stored))
+                outcome, value = await self._redis(self.counters.seed(user_id, stored, generation))
             else:
-                outcome, value = await self._redis(self.counters.mark_absent(user_id))
+                outcome, value = await self._redis(self.counters.mark_absent(user_id, generation))
             if outcome is Outcome.OK and value is not None:
                 return value
+            if outcome is not Outcome.STALE:
+                break
+            self.metrics.stale_seeds.inc()
+        else:
+            raise self._contended(user_id)
         raise UserNotFound(f"user {user_id} not found")
 
     async def increment(self, user_id: int, idem_key: str | None = None) -> int:
-        outcome, value = await self._redis(self.counters.increment(user_id, idem_key))
-        if outcome is Outcome.MISS:
-            self.metrics.cache_misses.inc()
-            stored = await self._mysql_counter(user_id)
-            if stored is None:
-                outcome, value = await self._redis(self.counters.mark_absent(user_id))
+        seed: int | None = None
+        generation: int | None = None
+        for _ in range(SEED_ATTEMPTS):
+            outcome, value = await self._redis(
+                self.counters.increment(user_id, idem_key, seed, generation)
+            )
+            seed = generation = None
+            if outcome is Outcome.MISS:
+                self.metrics.cache_misses.inc()
+                stored, generation = await self._mysql_counter(user_id, value or 0)
+                await self.hook("after_mysql_read")
+                if stored is not None:
+                    seed = stored  # the next call seeds, unless the generation moved
+                    continue
+                outcome, value = await self._redis(self.counters.mark_absent(user_id, generation))
+                generation = None
                 if outcome is Outcome.OK:
-                    # Created while we looked: its counter is live now.
-                    outcome, value = await self._redis(self.counters.increment(user_id, idem_key))
-            else:
-                outcome, value = await self._redis(
-                    self.counters.increment(user_id, idem_key, seed=stored)
-                )
-        elif outcome is Outcome.OK:
-            self.metrics.cache_hits.inc()
-        if outcome in (Outcome.OK, Outcome.REPLAY) and value is not None:
-            if outcome is Outcome.OK:
-                self.metrics.increments.inc()
-            return value
-        raise UserNotFound(f"user {user_id} not found")
+                    continue  # created while we looked: its counter is live now
+            elif outcome is Outcome.OK:
+                self.metrics.cache_hits.inc()
+            if outcome is Outcome.STALE:
+                self.metrics.stale_seeds.inc()
+                continue
+            if outcome in (Outcome.OK, Outcome.REPLAY) and value is not None:
+                if outcome is Outcome.OK:
+                    self.metrics.increments.inc()
+                return value
+            raise UserNotFound(f"user {user_id} not found")
+        raise self._contended(user_id)
 
     async def delete_user(self, user_id: int) -> None:
         if not await self.users.delete(user_id):
@@ -112,12 +160,20 @@ class Store:
             log.info("finished_earlier_delete", user_id=user_id)
             await self._redis(self.counters.deleted(user_id))
 
-    async def _mysql_counter(self, user_id: int) -> int | None:
-        async def read() -> int | None:
+    async def _mysql_counter(self, user_id: int, generation: int) -> tuple[int | None, int]:
+        """The row's counter (None: no row) and the generation to seed it under. Callers
+        that join a read already under way take its starter's generation: theirs may be
+        newer than the start of that read."""
+
+        async def read() -> tuple[int | None, int]:
             user = await self.users.get(user_id)
-            return None if user is None else user.counter
+            return (None if user is None else user.counter), generation
 
         return await self._mysql_reads.do(user_id, read)
+
+    def _contended(self, user_id: int) -> SeedContended:
+        log.warning("seed_contended", user_id=user_id, attempts=SEED_ATTEMPTS)
+        return SeedContended("the counter is being synced, try again shortly")
 
     async def _redis(self, call: Awaitable[T]) -> T:
         try:

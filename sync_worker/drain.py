@@ -237,12 +237,22 @@ class Drainer:
         done = [x for i, v in batch.raw if int(i) not in missing for x in (i, v)]
         if done:
             await self._finish(
-                keys=[k.inflight(bucket), k.dirty(bucket), k.inflight_since(bucket)],
+                keys=[
+                    k.inflight(bucket),
+                    k.dirty(bucket),
+                    k.inflight_since(bucket),
+                    k.generation(bucket),
+                ],
                 args=[k.counter_prefix(bucket), self.idle_ms, *done],
             )
         if missing:
             ids = sorted(missing)
-            keys = [k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)]
+            keys = [
+                k.dirty(bucket),
+                k.inflight(bucket),
+                k.inflight_since(bucket),
+                k.generation(bucket),
+            ]
             for user_id in ids:
                 keys += [k.counter(user_id), k.gone(user_id)]
             await self._forget(keys=keys, args=[self.tombstone_s, *ids])

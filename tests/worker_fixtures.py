@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from counter_svc.counters import Counters, Keys, Outcome
 from counter_svc.settings import Settings
+from counter_svc.store import SEED_ATTEMPTS
 from sync_worker.settings import WorkerSettings
 from tests.conftest import settings_env
 
@@ -70,17 +71,25 @@ async def redis_counters(redis: Redis, settings: Settings, ids: Iterable[int]) -
 
 
 async def increment(counters: Counters, mysql: Pool, user_id: int) -> int | None:
-    """One increment as the API does it: hot path, else seed from MySQL. The new value, or
-    None when the user does not exist (the API's 404)."""
-    outcome, value = await counters.increment(user_id)
-    if outcome == Outcome.MISS:
-        async with mysql.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT counter FROM users WHERE id = %s", (user_id,))
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        outcome, value = await counters.increment(user_id, seed=int(row[0]))
-    return value if outcome == Outcome.OK else None
+    """One increment as the API does it: hot path, else seed from MySQL under the bucket's
+    generation, read again if that moved. The new value, or None when the user does not
+    exist (the API's 404)."""
+    seed: int | None = None
+    generation: int | None = None
+    for _ in range(SEED_ATTEMPTS):
+        outcome, value = await counters.increment(user_id, seed=seed, generation=generation)
+        if outcome == Outcome.MISS:
+            async with mysql.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT counter FROM users WHERE id = %s", (user_id,))
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            seed, generation = int(row[0]), value
+        elif outcome == Outcome.STALE:
+            seed = generation = None
+        else:
+            return value if outcome == Outcome.OK else None
+    raise RuntimeError(f"user {user_id}: every seed was refused")
 
 
 @dataclass
