@@ -73,7 +73,10 @@ class Batch:
 
 class Drainer:
     """Drains buckets of one key layout. One per worker process; its lease token is the
-    worker's identity, so a worker can take back a lease it still holds after an error."""
+    worker's identity, so a worker can take back a lease it still holds after an error,
+    and, with a stable `token` (SYNC_WORKER_ID), after a restart. Two live workers with
+    one token would drain a bucket at once: still exact (compare-and-set, GREATEST), but
+    no longer one at a time."""
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class Drainer:
         max_batches_per_bucket: int = 100,
         metrics: Metrics | None = None,
         hook: Hook = no_fault,
+        token: str = "",
     ) -> None:
         self.redis = redis
         self.mysql = mysql
@@ -101,7 +105,7 @@ class Drainer:
         self.max_batches = max_batches_per_bucket
         self.metrics = metrics or Metrics()
         self.hook = hook
-        self.token = secrets.token_hex(12)
+        self.token = token or secrets.token_hex(12)
         self._claim: AsyncScript = redis.register_script(CLAIM_LUA)
         self._finish: AsyncScript = redis.register_script(FINISH_LUA)
         self._forget: AsyncScript = redis.register_script(FORGET_LUA)

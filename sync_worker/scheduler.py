@@ -66,6 +66,7 @@ class Worker:
             ),
             metrics=self.metrics,
             hook=hook,
+            token=settings.worker_id,
         )
         self._lock = asyncio.Lock()
         self._failures = 0

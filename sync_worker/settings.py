@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from starlette.config import Config
 
-from counter_svc.settings import Settings, load_config, read_float, read_int
+from counter_svc.settings import Settings, SettingsError, load_config, read, read_float, read_int
+
+_WORKER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,10 @@ class WorkerSettings:
     health_max_age_seconds: float = 60.0
     liveness_max_age_seconds: float = 60.0
     shutdown_timeout_seconds: float = 20.0
+    # The worker's lease token. Stable across restarts of one worker (Kubernetes: the pod
+    # name), a restarted worker takes its own leases back at once instead of waiting for
+    # them to expire. Empty: a random token per process.
+    worker_id: str = ""
 
     @classmethod
     def from_env(cls, config: Config | None = None) -> WorkerSettings:
@@ -41,4 +48,14 @@ class WorkerSettings:
             shutdown_timeout_seconds=read_float(
                 c, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.1, 3600
             ),
+            worker_id=_worker_id(c),
         )
+
+
+def _worker_id(config: Config) -> str:
+    value = read(config, "SYNC_WORKER_ID", str, "").strip()
+    if value and not _WORKER_ID_RE.fullmatch(value):
+        raise SettingsError(
+            "SYNC_WORKER_ID must be 1 to 200 characters of letters, digits and . _ : @ -"
+        )
+    return value

@@ -91,7 +91,13 @@ def _env(container: Obj) -> dict[str, str]:
         ref = source["configMapRef"]["name"]
         env.update(_get("ConfigMap", ref)["data"])
     for item in container.get("env", []):
-        assert "value" in item, f"{item['name']}: secrets are mounted as files, not env"
+        source = item.get("valueFrom", {})
+        assert "secretKeyRef" not in source, f"{item['name']}: secrets are mounted as files"
+        if "fieldRef" in source:  # the downward API: stands for the pod's name
+            assert source["fieldRef"]["fieldPath"] == "metadata.name", item
+            env[item["name"]] = "sync-worker-5d8f7c9b4-x2x7q"
+            continue
+        assert "value" in item, f"{item['name']}: a plain value, a field or a mounted file"
         env[item["name"]] = item["value"]
     return env
 

@@ -120,3 +120,15 @@ def test_migrate_never_takes_over_root_as_the_service_user() -> None:
     """With admin credentials for migrate, MYSQL_USER=root is refused, naming MYSQL_USER."""
     with pytest.raises(SettingsError, match="MYSQL_USER"):
         Settings.from_env(config(MYSQL_ADMIN_USER="admin", MYSQL_USER="root"))
+
+
+def test_worker_id_is_checked_and_optional() -> None:
+    """SYNC_WORKER_ID: unset means a random lease token; a value is the token, checked."""
+    from sync_worker.settings import WorkerSettings
+
+    assert WorkerSettings.from_env(config()).worker_id == ""
+    assert WorkerSettings.from_env(config(SYNC_WORKER_ID="sync-worker-7d9f-x2")).worker_id == (
+        "sync-worker-7d9f-x2"
+    )
+    with pytest.raises(SettingsError, match="SYNC_WORKER_ID"):
+        WorkerSettings.from_env(config(SYNC_WORKER_ID="two words"))

@@ -136,6 +136,8 @@ def worker_env(ws: WorkerSettings, **extra: str) -> dict[str, str]:
         "SYNC_SHUTDOWN_TIMEOUT_SECONDS": str(ws.shutdown_timeout_seconds),
         "LOG_LEVEL": "info",
     }
+    if ws.worker_id:
+        env["SYNC_WORKER_ID"] = ws.worker_id
     env.update(extra)
     return env
 
