@@ -78,8 +78,6 @@ def test_document_links_and_paths_lead_somewhere(document: Path) -> None:
     assert not [p for p in problems if p]
 
 
-# sync-worker.yaml still names docs/deploy.md; the file is changing along with the worker,
-# and that change takes README.md#real-credentials as api.yaml does.
 @pytest.mark.parametrize("path", K8S_FILES, ids=_relative)
 def test_k8s_files_name_documents_that_exist(path: Path) -> None:
     """Every `docs/...` or `README.md#anchor` that a file under k8s/ names (in comments,
@@ -92,8 +90,8 @@ def test_the_checks_see_the_mentions() -> None:
     assert ("docs/runbook.md", "usercountersynclaghigh") in _ROOTED.findall(
         (ROOT / "k8s" / "monitoring" / "prometheusrule.yaml").read_text(encoding="utf-8")
     )
-    assert "rotate-a-secret" in _anchors(ROOT / "README.md")
-    assert "on-a-laptop-docker-compose" in _anchors(ROOT / "README.md")
+    assert "rotate-a-secret" in _anchors(ROOT / "docs" / "deploy.md")
+    assert "on-a-laptop-docker-compose" in _anchors(ROOT / "docs" / "deploy.md")
     assert _rooted_problems("see docs/missing.md") == ["docs/missing.md: no such file"]
     assert _rooted_problems("README.md#no-such-part") == [
         "README.md#no-such-part: no heading with that anchor"
