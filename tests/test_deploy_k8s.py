@@ -338,22 +338,23 @@ def test_a_password_change_rolls_the_app_but_neither_store(tmp_path: Path) -> No
 PROD_EXAMPLE = "# k8s/overlays/prod/kustomization.yaml"
 
 
-def _readme_block(first_line: str) -> str:
-    """The README's fenced code block whose first line is `first_line`."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks: list[str] = re.findall(r"^```\w*\n(.*?)^```", readme, re.S | re.M)
+def _deploy_doc_block(first_line: str) -> str:
+    """The fenced code block of docs/deploy.md whose first line is `first_line`."""
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks: list[str] = re.findall(r"^```\w*\n(.*?)^```", page, re.S | re.M)
     (block,) = [b for b in blocks if b.startswith(f"{first_line}\n")]
     return block
 
 
-def test_readme_production_overlay_builds(tmp_path: Path) -> None:
-    """The README's production overlay, where it says in a copy of k8s/ and with stand-in
-    secret files, renders both Secrets from those files (the stores' under its fixed
-    name) and the image by digest; the files are where .gitignore keeps them out of git."""
+def test_documented_production_overlay_builds(tmp_path: Path) -> None:
+    """The production overlay of docs/deploy.md, where it says in a copy of k8s/ and with
+    stand-in secret files, renders both Secrets from those files (the stores' under its
+    fixed name) and the image by digest; the files are where .gitignore keeps them out of
+    git."""
     shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
     overlay = tmp_path / "k8s" / "overlays" / "prod"
     overlay.mkdir()
-    example = _readme_block(PROD_EXAMPLE)
+    example = _deploy_doc_block(PROD_EXAMPLE)
     (overlay / "kustomization.yaml").write_text(example, encoding="utf-8")
     wanted: dict[str, dict[str, str]] = {}
     for generator in yaml.safe_load(example)["secretGenerator"]:
