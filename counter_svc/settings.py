@@ -198,7 +198,7 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     access_log: str = "all"
-    # Operations and protections (README.md#protections); all off by default.
+    # Operations and protections (docs/operations.md#protections); all off by default.
     mysql_admin_user: str = ""
     mysql_admin_password: str = field(default="", repr=False)
     redis_tls_ca_file: str = ""

@@ -1,6 +1,6 @@
 """The drain: dirty counters of one bucket written from Redis to MySQL, exactly.
 
-Per bucket (DESIGN.md, "Sync worker"): take the lease; claim up to N oldest dirty ids
+Per bucket (docs/design.md, "The sync worker"): take the lease; claim up to N oldest dirty ids
 with their values into `inflight` (a claim left by a crash comes back first); write the
 absolute values with `GREATEST` in one statement and one transaction; then drop them from
 `inflight` and give idle counters their TTL, both compare-and-set in Lua. Replaying a

@@ -1,4 +1,4 @@
-"""Every row of the HTTP contract in DESIGN.md: status codes, headers and bodies."""
+"""Every row of the HTTP contract in docs/design.md: status codes, headers and bodies."""
 
 from __future__ import annotations
 

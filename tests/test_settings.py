@@ -18,7 +18,7 @@ def config(**env: str) -> Config:
 
 
 def test_defaults_work_on_a_developer_machine() -> None:
-    """With nothing set, the defaults of DESIGN.md apply."""
+    """With nothing set, the defaults of docs/configuration.md apply."""
     s = Settings.from_env(config())
     assert (s.mysql_host, s.mysql_port, s.mysql_user, s.mysql_database) == (
         "127.0.0.1",
