@@ -8,6 +8,7 @@ import sys
 
 import structlog
 
+from counter_svc.faults import ApiFaults, FaultSpecError
 from counter_svc.logs import configure_logging
 from counter_svc.settings import Settings, SettingsError
 
@@ -53,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-    except SettingsError as e:
+        faults = ApiFaults.from_env()
+    except (SettingsError, FaultSpecError) as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if faults.armed:
+        log.warning("fault_hook_armed", faults=sorted(faults.armed))
     if args.command == "serve":
         _serve(settings)
     else:

@@ -22,6 +22,7 @@ from counter_svc.backends import BackendGauges
 from counter_svc.connections import open_mysql, open_redis
 from counter_svc.counters import Counters
 from counter_svc.errors import HTTP_CODES, ApiError, error_response
+from counter_svc.faults import Hook, no_fault
 from counter_svc.metrics import Metrics
 from counter_svc.routes import ROUTES
 from counter_svc.security import SECURITY_HEADERS, protect
@@ -158,8 +159,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
-    """The API. Pools are opened in the lifespan and closed in reverse order."""
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, hook: Hook | None = None
+) -> Starlette:
+    """The API. Pools are opened in the lifespan and closed in reverse order. `hook` is the
+    store's fault hook (`API_FAULT`, tests only)."""
     metrics = metrics or Metrics()
 
     @asynccontextmanager
@@ -169,7 +173,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         redis = open_redis(settings)
         counters = Counters.from_settings(redis, settings)
         users = Users(pool, settings.mysql_timeout_seconds, metrics.mysql_errors.inc)
-        app.state.store = Store(users, counters, metrics)
+        app.state.store = Store(users, counters, metrics, hook or no_fault)
         try:
             yield
         finally:

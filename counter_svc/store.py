@@ -7,14 +7,15 @@ that a moved bucket generation refuses (invariant 11): then MySQL is read again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import structlog
 
 from counter_svc.connections import REDIS_ERRORS
 from counter_svc.counters import Counters, Outcome
 from counter_svc.errors import Unavailable, UserNotFound
+from counter_svc.faults import Hook, no_fault
 from counter_svc.metrics import Metrics
 from counter_svc.singleflight import SingleFlight
 from counter_svc.users import User, Users
@@ -27,14 +28,6 @@ log = structlog.get_logger(__name__)
 # needs a sync, create or delete in the same bucket during the MySQL read, so the second
 # attempt all but always seeds.
 SEED_ATTEMPTS = 5
-
-# Called with a step name on the miss path; tests use it to hold a request between its
-# MySQL read and its seed ("after_mysql_read").
-Hook = Callable[[str], Coroutine[Any, Any, None]]
-
-
-async def no_hook(step: str) -> None:
-    """The hook of a production store: nothing."""
 
 
 class RedisUnavailable(Unavailable):
@@ -49,11 +42,13 @@ class Store:
     """User and counter operations as the HTTP API needs them."""
 
     def __init__(
-        self, users: Users, counters: Counters, metrics: Metrics, hook: Hook = no_hook
+        self, users: Users, counters: Counters, metrics: Metrics, hook: Hook = no_fault
     ) -> None:
         self.users = users
         self.counters = counters
         self.metrics = metrics
+        # Called at "after_mysql_read", between a cold request's MySQL read and its seed:
+        # the race tests hold requests there (API_FAULT, counter_svc/faults.py).
         self.hook = hook
         self._mysql_reads: SingleFlight[tuple[int | None, int]] = SingleFlight()
 

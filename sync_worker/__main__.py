@@ -11,7 +11,7 @@ import structlog
 
 from counter_svc.logs import configure_logging
 from counter_svc.settings import SettingsError
-from sync_worker.faults import Faults, FaultSpecError
+from sync_worker.faults import FaultSpecError, WorkerFaults
 from sync_worker.health import check
 from sync_worker.settings import WorkerSettings
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = WorkerSettings.from_env()
-        faults = Faults.from_env()
+        faults = WorkerFaults.from_env()
     except (SettingsError, FaultSpecError) as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from counter_svc.connections import open_mysql, open_redis
 from counter_svc.counters import Keys
 from sync_worker.drain import Drainer, MySQLError
-from sync_worker.faults import Faults, Hook, no_fault
+from sync_worker.faults import Hook, WorkerFaults, no_fault
 from sync_worker.health import HealthServer, health_app
 from sync_worker.metrics import Metrics
 from sync_worker.settings import WorkerSettings
@@ -196,7 +196,7 @@ async def run(settings: WorkerSettings, *, once: bool = False, hook: Hook | None
     # minsize 0: start even while MySQL is down; the drain backs off until it returns.
     mysql = await open_mysql(settings.base, minsize=0)
     try:
-        worker = Worker(settings, redis, mysql, hook=hook or Faults.from_env().hit)
+        worker = Worker(settings, redis, mysql, hook=hook or WorkerFaults.from_env().hit)
         if once:
             return 0 if await worker.run_pass(force=True) else 1
         await worker.serve()

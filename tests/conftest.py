@@ -26,8 +26,8 @@ from redis.asyncio import Redis
 from counter_svc.app import create_app
 from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
 from counter_svc.counters import Keys, delete_all
+from counter_svc.faults import Hook
 from counter_svc.settings import Settings, load_config
-from counter_svc.store import Hook
 from tests.faults import free_port, port_open, wait_until
 
 
@@ -95,11 +95,9 @@ async def running_app(
     settings: Settings, hook: Hook | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An API instance with its lifespan run, and a client that talks to it in-process.
-    `hook` is called at the store's named steps (see `counter_svc.store.Hook`)."""
-    app = create_app(settings)
+    `hook` is called at the store's named steps (`Store.hook`)."""
+    app = create_app(settings, hook=hook)
     async with app.router.lifespan_context(app):
-        if hook is not None:
-            app.state.store.hook = hook
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             yield client

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +21,8 @@ from redis.asyncio import Redis
 
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
-from tests.conftest import create_user, running_app
+from tests.conftest import create_user, running_app, serving
+from tests.faults import wait_until
 from tests.worker_fixtures import keys_of, mysql_counters
 
 Replicas = tuple[httpx.AsyncClient, httpx.AsyncClient, "Gate"]
@@ -163,3 +165,36 @@ async def test_cold_increment_of_unknown_id_never_hides_a_user_created_meanwhile
 
     assert await race(gate, increment(a, user_id), b_creates_and_the_counter_is_evicted) == 1
     assert await increment(b, user_id) == 2
+
+
+async def test_two_api_processes_one_stalled_before_its_seed_stay_exact(
+    drainer: Drainer, redis: Redis, mysql: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """The same race between two real API processes: A's first cold request waits 3 s after
+    its MySQL read (`API_FAULT`, as a GC pause would), long enough for B to count, the
+    worker to sync and the counter to be evicted."""
+    fault = {"API_FAULT": "after_mysql_read:delay=3@1"}
+    with (
+        serving(settings, tmp_path / "a.log", **fault) as (url_a, _),
+        serving(settings, tmp_path / "b.log") as (url_b, _),
+    ):
+        async with (
+            httpx.AsyncClient(base_url=url_a, timeout=20) as a,
+            httpx.AsyncClient(base_url=url_b, timeout=20) as b,
+        ):
+            user_id = await user_at_four(b, drainer, redis, settings)
+            held = asyncio.ensure_future(increment(a, user_id))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: (
+                    "counter_svc fault: after_mysql_read delay" in (tmp_path / "a.log").read_text()
+                ),
+                10,
+                "replica A to reach its seed",
+            )
+            assert await increment(b, user_id) == 5
+            await sync_and_evict(drainer, redis, settings, user_id)
+            assert not held.done(), "A must still be between its MySQL read and its seed"
+            assert await held == 6
+    await drainer.drain_bucket(keys_of(settings).bucket(user_id))
+    assert (await mysql_counters(mysql))[user_id] == 6

@@ -40,7 +40,7 @@ _ROUTE = re.compile(r"\bRoute\(\s*\"(/[^\"]*)\"")
 _ENV_LINE = re.compile(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
 
 # Hooks for the fault tests: a deployment must never arm them.
-TEST_ONLY_VARIABLES = frozenset({"SYNC_FAULT"})
+TEST_ONLY_VARIABLES = frozenset({"SYNC_FAULT", "API_FAULT"})
 
 
 def tool(name: str) -> str:

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from starlette.config import Config
 
 from counter_svc.settings import Settings, SettingsError
-from sync_worker.faults import Faults, FaultSpecError
+from sync_worker.faults import FaultSpecError, WorkerFaults
 from sync_worker.settings import WorkerSettings
 from tests.faults import FaultProxy, free_port
 from tests.worker_fixtures import (
@@ -227,12 +227,12 @@ def test_a_liveness_max_age_within_the_back_off_is_refused() -> None:
 
 def test_fault_spec_is_checked() -> None:
     """SYNC_FAULT accepts step:action[@n] and refuses unknown steps or actions."""
-    assert Faults.parse("after_claim:exit@3, mid_batch:pause").armed == {
+    assert WorkerFaults.parse("after_claim:exit@3, mid_batch:pause").armed == {
         "after_claim": ("exit", 3),
         "mid_batch": ("pause", 1),
     }
     with pytest.raises(FaultSpecError, match="SYNC_FAULT"):
-        Faults.parse("after_lunch:exit")
+        WorkerFaults.parse("after_lunch:exit")
 
 
 async def test_a_stalled_pass_skips_ticks_quietly_and_sigterm_logs_no_traceback(
