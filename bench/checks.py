@@ -12,7 +12,8 @@ import asyncmy
 from redis.asyncio import Redis
 
 from counter_svc.connections import mysql_kwargs, open_redis
-from counter_svc.counters import Counters, Keys
+from counter_svc.counters import Counters
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings
 
 
@@ -70,9 +71,7 @@ async def wait_drained(
     seconds = time.monotonic() - started
     redis = open_redis(settings)
     try:
-        in_redis = await _redis_sum(
-            redis, Keys(settings.key_prefix, settings.buckets), [i for i, _ in rows]
-        )
+        in_redis = await _redis_sum(redis, Keys.from_settings(settings), [i for i, _ in rows])
     finally:
         await redis.aclose()
     return DrainCheck(len(rows), acked, sum(c for _, c in rows), in_redis, seconds)
@@ -142,7 +141,7 @@ async def time_drain(
     """Watch the backlog of a worker started at `started` (monotonic) until it is empty.
     `seconds_draining` counts from the first claim seen, leaving out the worker's start-up."""
     redis = open_redis(settings)
-    keys = Keys(settings.key_prefix, settings.buckets)
+    keys = Keys.from_settings(settings)
     first_claim: float | None = None
     # The last poll that still saw the whole backlog: the first claim came after it. A
     # small backlog can drain between two polls; counting from there errs on the slow side.

@@ -21,7 +21,8 @@ from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
 from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
-from counter_svc.counters import Keys, delete_all, now_ms
+from counter_svc.counters import now_ms
+from counter_svc.keys import Keys, delete_all
 from counter_svc.logs import configure_logging
 from counter_svc.settings import Settings, load_config
 from sync_worker.drain import Drainer
@@ -75,7 +76,7 @@ async def run(n: int, buckets: int) -> list[Result]:
         key_prefix=f"ucbench{run_id}",
         buckets=buckets,
     )
-    keys = Keys(settings.key_prefix, settings.buckets)
+    keys = Keys.from_settings(settings)
     await migrate(settings)
     mysql = await open_mysql(settings, minsize=1)
     redis = open_redis(settings)
@@ -99,7 +100,7 @@ async def run(n: int, buckets: int) -> list[Result]:
                 results.append(Result(batch_size, concurrency, seconds, batches))
                 print(f"batch {batch_size:>5}  concurrency {concurrency}  {n / seconds:>9,.0f}/s")
     finally:
-        await delete_all(redis, Keys(settings.key_prefix, settings.buckets))
+        await delete_all(redis, Keys.from_settings(settings))
         await redis.aclose()
         mysql.close()
         await mysql.wait_closed()

@@ -25,7 +25,8 @@ from typing import Any
 
 from bench import checks, loads, report, stack
 from counter_svc.connections import mysql_kwargs, open_redis
-from counter_svc.counters import INCREMENT_LUA, Keys
+from counter_svc.counters import INCREMENT_LUA
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings, load_config
 
 ROOT = stack.ROOT

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncmy
 
 from counter_svc.connections import migrate, mysql_kwargs, open_redis
-from counter_svc.counters import Keys, delete_all
+from counter_svc.keys import Keys, delete_all
 from counter_svc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,6 +199,6 @@ async def drop(settings: Settings) -> None:
 async def delete_keys(settings: Settings) -> None:
     redis = open_redis(settings)
     try:
-        await delete_all(redis, Keys(settings.key_prefix, settings.buckets))
+        await delete_all(redis, Keys.from_settings(settings))
     finally:
         await redis.aclose()

@@ -18,8 +18,8 @@ from redis.commands.core import AsyncScript
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from counter_svc.connections import REDIS_ERRORS
-from counter_svc.counters import RATE_LIMIT_LUA, Keys
 from counter_svc.errors import error_response
+from counter_svc.keys import Keys
 from counter_svc.metrics import Metrics
 from counter_svc.rejections import refuse
 from counter_svc.settings import IPNetwork
@@ -28,6 +28,26 @@ log = structlog.get_logger(__name__)
 
 PERIOD_SECONDS = 60
 _SCOPE_PATH = "/api/"  # probes, /metrics and /openapi.json are never limited
+
+# Rate limit, GCRA (a leaky bucket kept as one timestamp): `limit` requests per `period`,
+# at most `limit` at once. KEYS: the client's key. ARGV: ms per request, limit.
+# The key holds the "theoretical arrival time" of the next request. Redis' clock serves
+# every replica alike. Returns {allowed 1/0, remaining, ms until full, ms until allowed}.
+RATE_LIMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local period = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local allow_at = tat + interval - period
+if now < allow_at then
+  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
+return {1, math.floor((now - allow_at) / interval), math.ceil(tat - now), 0}
+"""
 
 
 def client_address(

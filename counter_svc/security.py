@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from counter_svc.auth import BearerAuth
-from counter_svc.counters import Keys
 from counter_svc.errors import error_response
+from counter_svc.keys import Keys
 from counter_svc.metrics import Metrics
 from counter_svc.ratelimit import RateLimit
 from counter_svc.rejections import refuse
@@ -129,7 +129,7 @@ def protect(app: Starlette, settings: Settings, metrics: Metrics) -> None:
                 RateLimit,
                 per_minute=settings.rate_limit_per_minute,
                 trusted_proxies=settings.rate_limit_trusted_proxies,
-                keys=Keys(settings.key_prefix, settings.buckets),
+                keys=Keys.from_settings(settings),
                 metrics=metrics,
             )
         )

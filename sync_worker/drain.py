@@ -19,18 +19,10 @@ from functools import lru_cache
 import structlog
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from counter_svc.counters import (
-    CLAIM_LUA,
-    FINISH_LUA,
-    FORGET_LUA,
-    RELEASE_LEASE_LUA,
-    RENEW_LEASE_LUA,
-    TAKE_LEASE_LUA,
-    Keys,
-)
+from counter_svc.keys import Keys
+from sync_worker.buckets import Buckets
 from sync_worker.faults import Hook, no_fault
 from sync_worker.metrics import Metrics
 
@@ -106,12 +98,7 @@ class Drainer:
         self.metrics = metrics or Metrics()
         self.hook = hook
         self.token = token or secrets.token_hex(12)
-        self._claim: AsyncScript = redis.register_script(CLAIM_LUA)
-        self._finish: AsyncScript = redis.register_script(FINISH_LUA)
-        self._forget: AsyncScript = redis.register_script(FORGET_LUA)
-        self._renew: AsyncScript = redis.register_script(RENEW_LEASE_LUA)
-        self._release: AsyncScript = redis.register_script(RELEASE_LEASE_LUA)
-        self._take: AsyncScript = redis.register_script(TAKE_LEASE_LUA)
+        self.buckets = Buckets(redis, keys, self.token)
 
     async def drain_all(self, concurrency: int) -> list[Exception]:
         """One pass over every bucket, `concurrency` at a time. Returns the errors; after
@@ -133,15 +120,14 @@ class Drainer:
 
     async def drain_bucket(self, bucket: int) -> int:
         """Drain one bucket while holding its lease; returns the counters written."""
-        lease = self.keys.lease(bucket)
-        if not await self._take_lease(lease):
+        if not await self.buckets.take_lease(bucket, self.lease_ms):
             return 0
         written = 0
         renewed = time.monotonic()
         try:
             for _ in range(self.max_batches):
                 if time.monotonic() - renewed > self.lease_ms / 3000:
-                    if not await self._renew(keys=[lease], args=[self.token, self.lease_ms]):
+                    if not await self.buckets.renew_lease(bucket, self.lease_ms):
                         log.warning("lease_lost", bucket=bucket)
                         break
                     renewed = time.monotonic()
@@ -153,25 +139,16 @@ class Drainer:
             # If Redis is down the lease cannot be dropped; it expires, or this worker
             # takes it back (same token) once Redis answers again.
             with contextlib.suppress(RedisError):
-                await self._release(keys=[lease], args=[self.token])
+                await self.buckets.release_lease(bucket)
         return written
-
-    async def _take_lease(self, lease: str) -> bool:
-        if await self._take(keys=[lease], args=[self.token, self.lease_ms]):
-            return True
-        return bool(await self._renew(keys=[lease], args=[self.token, self.lease_ms]))
 
     async def claim(self, bucket: int) -> Batch | None:
         """Move up to a batch of the oldest dirty ids to `inflight`, or return the
         `inflight` a crashed or stalled drain left behind."""
-        k = self.keys
-        leftover, flat = await self._claim(
-            keys=[k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)],
-            args=[self.batch_size, k.counter_prefix(bucket)],
-        )
+        leftover, flat = await self.buckets.claim(bucket, self.batch_size)
         if not flat:
             return None
-        return Batch(list(zip(flat[::2], flat[1::2], strict=True)), bool(leftover))
+        return Batch(list(zip(flat[::2], flat[1::2], strict=True)), leftover)
 
     async def drain_batch(self, bucket: int) -> tuple[int, bool]:
         """Claim, write and clean one batch. Returns (counters written, maybe more)."""
@@ -237,49 +214,17 @@ class Drainer:
     async def finish(self, bucket: int, batch: Batch, missing: set[int]) -> None:
         """After the commit: drop the batch from `inflight` (only entries still holding the
         written value), give idle counters their TTL, and forget ids whose row is gone."""
-        k = self.keys
         done = [x for i, v in batch.raw if int(i) not in missing for x in (i, v)]
         if done:
-            await self._finish(
-                keys=[
-                    k.inflight(bucket),
-                    k.dirty(bucket),
-                    k.inflight_since(bucket),
-                    k.generation(bucket),
-                ],
-                args=[k.counter_prefix(bucket), self.idle_ms, *done],
-            )
+            await self.buckets.finish(bucket, self.idle_ms, done)
         if missing:
             ids = sorted(missing)
-            keys = [
-                k.dirty(bucket),
-                k.inflight(bucket),
-                k.inflight_since(bucket),
-                k.generation(bucket),
-            ]
-            for user_id in ids:
-                keys += [k.counter(user_id), k.gone(user_id)]
-            await self._forget(keys=keys, args=[self.tombstone_s, *ids])
+            await self.buckets.forget(bucket, self.tombstone_s, ids)
             log.info("rows_missing", bucket=bucket, ids=ids[:20], count=len(ids))
 
     async def observe(self) -> None:
-        """Refresh the backlog, inflight and lag gauges (one pipelined round trip). The lag
-        is the age of the oldest increment not in MySQL: dirty, or claimed and waiting in
-        `inflight` (during a MySQL outage the first claim empties `dirty`)."""
-        k = self.keys
-        pipe = self.redis.pipeline(transaction=False)
-        for b in range(k.buckets):
-            pipe.zcard(k.dirty(b))
-            pipe.hlen(k.inflight(b))
-            pipe.zrange(k.dirty(b), 0, 0, withscores=True)
-            pipe.get(k.inflight_since(b))
-        replies = await pipe.execute()
-        self.metrics.backlog.set(sum(replies[0::4]))
-        self.metrics.inflight.set(sum(replies[1::4]))
-        oldest = [row[0][1] for row in replies[2::4] if row]
-        # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
-        # worker or API of an older version) must not read as lag.
-        claims = zip(replies[1::4], replies[3::4], strict=True)
-        oldest += [float(since) for entries, since in claims if entries and since]
-        now_ms = time.time() * 1000
-        self.metrics.lag.set(max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0)
+        """Refresh the backlog, inflight and lag gauges (one pipelined round trip)."""
+        backlog = await self.buckets.backlog()
+        self.metrics.backlog.set(backlog.dirty)
+        self.metrics.inflight.set(backlog.inflight)
+        self.metrics.lag.set(backlog.lag_seconds)

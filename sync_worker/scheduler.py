@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from counter_svc.connections import open_mysql, open_redis
-from counter_svc.counters import Keys
+from counter_svc.keys import Keys
 from sync_worker.drain import Drainer, MySQLError
 from sync_worker.faults import Hook, WorkerFaults, no_fault
 from sync_worker.health import HealthServer, health_app
@@ -55,7 +55,7 @@ class Worker:
         self.drainer = Drainer(
             redis,
             mysql,
-            Keys(base.key_prefix, base.buckets),
+            Keys.from_settings(base),
             batch_size=settings.batch_size,
             lease_seconds=settings.lease_seconds,
             idle_ttl_seconds=base.idle_ttl_seconds,

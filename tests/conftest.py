@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 
 from counter_svc.app import create_app
 from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
-from counter_svc.counters import Keys, delete_all
 from counter_svc.faults import Hook
+from counter_svc.keys import Keys, delete_all
 from counter_svc.settings import Settings, load_config
 from tests.faults import free_port, port_open, wait_until
 
@@ -55,7 +55,7 @@ def drop_run(settings: Settings) -> None:
             await cur.execute(f"DROP DATABASE IF EXISTS `{settings.mysql_database}`")
         conn.close()
         redis = open_redis(settings)
-        await delete_all(redis, Keys(settings.key_prefix, settings.buckets))
+        await delete_all(redis, Keys.from_settings(settings))
         await redis.aclose()
 
     asyncio.run(drop())
@@ -70,7 +70,7 @@ async def settings(base_settings: Settings) -> Settings:
         await cur.execute("DELETE FROM users")
     conn.close()
     redis = open_redis(base_settings)
-    await delete_all(redis, Keys(base_settings.key_prefix, base_settings.buckets))
+    await delete_all(redis, Keys.from_settings(base_settings))
     await redis.aclose()
     return base_settings
 

@@ -9,7 +9,7 @@ import httpx
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
-from counter_svc.counters import Keys
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings
 from tests.conftest import create_user, running_app
 
@@ -29,7 +29,7 @@ async def _increment_50_users_200_times(
 ) -> None:
     ids = [await create_user(client, f"load-{i}") for i in range(50)]
     # Half the users start cold (counter key evicted), so the seeding path races too.
-    keys = Keys(settings.key_prefix, settings.buckets)
+    keys = Keys.from_settings(settings)
     await redis.delete(*(keys.counter(user_id) for user_id in ids[::2]))
     sem = asyncio.Semaphore(200)
 
@@ -62,7 +62,7 @@ async def test_idempotent_racing_requests_count_once(
 ) -> None:
     """Twenty requests racing with one key, on a cold counter, count once and agree."""
     user_id = await create_user(client, "idem-race")
-    await redis.delete(Keys(settings.key_prefix, settings.buckets).counter(user_id))
+    await redis.delete(Keys.from_settings(settings).counter(user_id))
     headers = {"Idempotency-Key": "same"}
     answers = await asyncio.gather(
         *(client.put(f"/api/v1/users/{user_id}/increment", headers=headers) for _ in range(20))
@@ -88,7 +88,7 @@ async def test_delete_racing_increments_never_resurrects(
     for round_ in range(20):
         user_id = await create_user(client, f"doomed-{round_}")
         if round_ % 2:  # cold start on odd rounds: the seeding path races the delete
-            await redis.delete(Keys(settings.key_prefix, settings.buckets).counter(user_id))
+            await redis.delete(Keys.from_settings(settings).counter(user_id))
         incs = [client.put(f"/api/v1/users/{user_id}/increment") for _ in range(20)]
         results = await asyncio.gather(client.delete(f"/api/v1/users/{user_id}"), *incs)
         assert results[0].status_code == 200

@@ -7,7 +7,7 @@ import re
 import httpx
 from redis.asyncio import Redis
 
-from counter_svc.counters import Keys
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings
 from tests.conftest import create_user
 
@@ -142,7 +142,7 @@ async def test_probe_then_create_is_visible_at_once(
     next_id = await create_user(client, "probe-seed") + 1
     assert (await client.get(f"/api/v1/users/{next_id}/count")).status_code == 404
     assert (await client.put(f"/api/v1/users/{next_id}/increment")).status_code == 404
-    keys = Keys(settings.key_prefix, settings.buckets)
+    keys = Keys.from_settings(settings)
     assert await redis.exists(keys.absent(next_id))
     assert await create_user(client, "probed") == next_id
     count = await client.get(f"/api/v1/users/{next_id}/count")

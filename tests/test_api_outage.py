@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from counter_svc.counters import Keys
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings
 from tests.conftest import create_user, running_app
 from tests.faults import FaultProxy, private_redis
@@ -29,7 +29,7 @@ async def test_mysql_down_hot_counters_keep_working(settings: Settings, redis: R
             cold = await create_user(client, "cold")
             await client.put(f"/api/v1/users/{hot}/increment")
             # "cold" has a live counter too; make it cold so the read must go to MySQL.
-            await redis.delete(Keys(settings.key_prefix, settings.buckets).counter(cold))
+            await redis.delete(Keys.from_settings(settings).counter(cold))
 
             proxy.block()
             results = await asyncio.gather(

@@ -12,7 +12,8 @@ import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
-from counter_svc.counters import Counters, Keys
+from counter_svc.counters import Counters
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings
 from counter_svc.singleflight import SingleFlight
 from tests.conftest import create_user, running_app
@@ -20,7 +21,7 @@ from tests.faults import private_redis
 
 
 def keys_of(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.buckets)
+    return Keys.from_settings(settings)
 
 
 async def test_idempotent_retry_after_delete_is_404(client: httpx.AsyncClient) -> None:

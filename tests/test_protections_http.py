@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from counter_svc.app import create_app
-from counter_svc.counters import Keys
+from counter_svc.keys import Keys
 from counter_svc.security import SECURITY_HEADERS
 from counter_svc.settings import Settings, SettingsError
 from tests.conftest import create_user, running_app
@@ -189,4 +189,4 @@ async def test_request_timeout_never_splits_a_delete(settings: Settings, redis: 
             proxy.delay(0)
             assert deleted.status_code == 200
             assert (await client.put(f"/api/v1/users/{user_id}/increment")).status_code == 404
-    assert not await redis.exists(Keys(settings.key_prefix, settings.buckets).counter(user_id))
+    assert not await redis.exists(Keys.from_settings(settings).counter(user_id))

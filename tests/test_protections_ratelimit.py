@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from counter_svc.counters import RATE_LIMIT_LUA, Keys
-from counter_svc.ratelimit import client_address
+from counter_svc.keys import Keys
+from counter_svc.ratelimit import RATE_LIMIT_LUA, client_address
 from counter_svc.settings import Settings
 from tests.conftest import create_user, running_app
 from tests.faults import free_port
@@ -116,7 +116,7 @@ async def test_the_budget_refills_over_time(redis: Redis, settings: Settings) ->
     """The script lets `limit` through at once, then one per interval: after one interval
     exactly one more request passes."""
     script = redis.register_script(RATE_LIMIT_LUA)
-    key = Keys(settings.key_prefix, settings.buckets).rate_limit("198.51.100.1")
+    key = Keys.from_settings(settings).rate_limit("198.51.100.1")
 
     async def charge() -> list[int]:
         return [int(x) for x in await script(keys=[key], args=[100, 2])]  # 2 per 200 ms

@@ -13,7 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from counter_svc.connections import open_redis
-from counter_svc.counters import Counters, Keys, Outcome
+from counter_svc.counters import Counters, Outcome
+from counter_svc.keys import Keys
 from counter_svc.pipelining import AutoPipeline
 from counter_svc.serving import FLUSH_BYTES, CoalescingTransport
 from counter_svc.settings import Settings
@@ -71,7 +72,7 @@ async def test_a_large_body_is_not_held_back() -> None:
 
 
 def counters_for(settings: Settings, redis: Redis) -> Counters:
-    return Counters(redis, Keys(settings.key_prefix, settings.buckets), 60, 60, 10, 60)
+    return Counters(redis, Keys.from_settings(settings), 60, 60, 10, 60)
 
 
 async def test_concurrent_increments_share_one_pipeline(

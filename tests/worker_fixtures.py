@@ -15,7 +15,8 @@ from pathlib import Path
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
-from counter_svc.counters import Counters, Keys, Outcome
+from counter_svc.counters import Counters, Outcome
+from counter_svc.keys import Keys
 from counter_svc.settings import Settings
 from counter_svc.store import SEED_ATTEMPTS
 from sync_worker.settings import WorkerSettings
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def keys_of(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.buckets)
+    return Keys.from_settings(settings)
 
 
 def counters_of(redis: Redis, settings: Settings) -> Counters:

@@ -1,0 +1,197 @@
+"""The worker's side of Redis: each script of a drain beside the one method that calls it
+and owns its KEYS order (docs/design.md, "The sync worker"). `Drainer` holds the batch
+logic and calls these; key names come from `counter_svc.keys`.
+
+Every worker script is flagged `allow-oom`. Dirty counters carry no TTL, so a Redis that
+filled up while the worker was behind has nothing left to evict; only a drain gives
+counters their idle TTL and so makes room. Refused at `maxmemory`, the worker could never
+drain again, and every increment would fail until an operator stepped in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from counter_svc.keys import Keys
+
+# Bucket lease. KEYS: lease. ARGV: token, ms.
+# Renew and release act only while the lease is still ours: a worker that stalled past its
+# lease must not extend or drop a lease another worker has taken since.
+TAKE_LEASE_LUA = """#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
+
+RENEW_LEASE_LUA = """#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE_LEASE_LUA = """#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Worker claim. KEYS: dirty, inflight, inflight_since. ARGV: batch size, counter key
+# prefix of the bucket. A non-empty inflight (left by a crash or a slow peer) is returned as
+# is, to be flushed first. Otherwise the oldest dirty ids move, with their current values,
+# to inflight, and inflight_since keeps the dirty score of the oldest one: once out of
+# `dirty`, that is the only record of how long MySQL has been behind for them. Every script
+# that can empty inflight deletes inflight_since with it.
+# Counter keys are built here from the bucket's hash tag, so they share the slot.
+CLAIM_LUA = """#!lua flags=allow-oom
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, redis.call('HGETALL', KEYS[2])}
+end
+local range = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+if #range == 0 then return {0, {}} end
+local ids, out, since = {}, {}, nil
+for i = 1, #range, 2 do
+  local id = range[i]
+  ids[#ids + 1] = id
+  local v = redis.call('GET', ARGV[2] .. id)
+  if v then
+    out[#out + 1] = id
+    out[#out + 1] = v
+    -- Scores ascend: the first id kept is the oldest.
+    if not since then since = range[i + 1] end
+  end
+end
+for i = 1, #ids, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
+end
+for i = 1, #out, 1000 do
+  redis.call('HSET', KEYS[2], unpack(out, i, math.min(i + 999, #out)))
+end
+if since then redis.call('SET', KEYS[3], since) end
+return {0, out}
+"""
+
+# Worker finish, after the MySQL commit. KEYS: inflight, dirty, inflight_since,
+# generation. ARGV: counter key prefix, idle ttl ms, then id, value pairs that were
+# committed. Each inflight entry is dropped only if it still holds the committed value (a
+# peer may have claimed anew); each counter gets the idle TTL only if nobody incremented
+# it since. A counter with a TTL may be evicted, so the generation moves when any got one.
+FINISH_LUA = """#!lua flags=allow-oom
+local expired = 0
+for i = 3, #ARGV, 2 do
+  local id, v = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', KEYS[1], id) == v then redis.call('HDEL', KEYS[1], id) end
+  local key = ARGV[1] .. id
+  if redis.call('GET', key) == v and not redis.call('ZSCORE', KEYS[2], id) then
+    redis.call('PEXPIRE', key, ARGV[2])
+    expired = expired + 1
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
+if expired > 0 then redis.call('INCR', KEYS[4]) end
+return expired
+"""
+
+
+# Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
+# KEYS: dirty, inflight, inflight_since, generation, then counter, gone for each id.
+# ARGV: tombstone ttl s, then ids. The tombstone makes a racing cold increment answer 404
+# even if the API that deleted the row died before writing one.
+FORGET_LUA = """#!lua flags=allow-oom
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  redis.call('SET', KEYS[2 * i + 2], '1', 'EX', ARGV[1])
+  redis.call('DEL', KEYS[2 * i + 1])
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
+redis.call('INCR', KEYS[4])
+return #ARGV - 1
+"""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What is not in MySQL yet, over all buckets."""
+
+    dirty: int
+    inflight: int
+    lag_seconds: float  # age of the oldest increment not in MySQL, dirty or claimed
+
+
+class Buckets:
+    """The bucket operations of one worker: its lease token is its identity."""
+
+    def __init__(self, redis: Redis, keys: Keys, token: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.token = token
+        self._take: AsyncScript = redis.register_script(TAKE_LEASE_LUA)
+        self._renew: AsyncScript = redis.register_script(RENEW_LEASE_LUA)
+        self._release: AsyncScript = redis.register_script(RELEASE_LEASE_LUA)
+        self._claim: AsyncScript = redis.register_script(CLAIM_LUA)
+        self._finish: AsyncScript = redis.register_script(FINISH_LUA)
+        self._forget: AsyncScript = redis.register_script(FORGET_LUA)
+
+    async def take_lease(self, bucket: int, ms: int) -> bool:
+        """Take the bucket's lease, or take back one this token still holds."""
+        lease = self.keys.lease(bucket)
+        if await self._take(keys=[lease], args=[self.token, ms]):
+            return True
+        return bool(await self._renew(keys=[lease], args=[self.token, ms]))
+
+    async def renew_lease(self, bucket: int, ms: int) -> bool:
+        return bool(await self._renew(keys=[self.keys.lease(bucket)], args=[self.token, ms]))
+
+    async def release_lease(self, bucket: int) -> None:
+        await self._release(keys=[self.keys.lease(bucket)], args=[self.token])
+
+    async def claim(self, bucket: int, batch_size: int) -> tuple[bool, list[bytes]]:
+        """(leftover, [id, value, ...]): a batch moved from `dirty` to `inflight`, or the
+        `inflight` a crashed or stalled drain left behind."""
+        k = self.keys
+        leftover, flat = await self._claim(
+            keys=[k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)],
+            args=[batch_size, k.counter_prefix(bucket)],
+        )
+        return bool(leftover), list(flat)
+
+    async def finish(self, bucket: int, idle_ms: int, done: list[bytes]) -> int:
+        """After the commit: `done` is [id, value, ...] as claimed. Returns the counters
+        that got their idle TTL."""
+        k = self.keys
+        keys = [k.inflight(bucket), k.dirty(bucket), k.inflight_since(bucket), k.generation(bucket)]
+        expired: int = await self._finish(
+            keys=keys, args=[k.counter_prefix(bucket), idle_ms, *done]
+        )
+        return expired
+
+    async def forget(self, bucket: int, tombstone_s: int, ids: list[int]) -> None:
+        """Ids whose MySQL row is gone: drop their counters, leave tombstones."""
+        k = self.keys
+        keys = [k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket), k.generation(bucket)]
+        for user_id in ids:
+            keys += [k.counter(user_id), k.gone(user_id)]
+        await self._forget(keys=keys, args=[tombstone_s, *ids])
+
+    async def backlog(self) -> Backlog:
+        """One pipelined round trip over every bucket. A claimed batch counts from
+        `inflight_since` (during a MySQL outage the first claim empties `dirty`)."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for b in range(k.buckets):
+            pipe.zcard(k.dirty(b))
+            pipe.hlen(k.inflight(b))
+            pipe.zrange(k.dirty(b), 0, 0, withscores=True)
+            pipe.get(k.inflight_since(b))
+        replies = await pipe.execute()
+        oldest = [row[0][1] for row in replies[2::4] if row]
+        # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
+        # worker or API of an older version) must not read as lag.
+        claims = zip(replies[1::4], replies[3::4], strict=True)
+        oldest += [float(since) for entries, since in claims if entries and since]
+        now_ms = time.time() * 1000
+        lag = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
+        return Backlog(sum(replies[0::4]), sum(replies[1::4]), lag)
