@@ -20,10 +20,11 @@ import asyncmy
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
-from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
+from counter_svc.connections import mysql_kwargs, open_mysql, open_redis
 from counter_svc.counters import now_ms
 from counter_svc.keys import Keys, delete_all
 from counter_svc.logs import configure_logging
+from counter_svc.migrate import migrate
 from counter_svc.settings import Settings, load_config
 from sync_worker.drain import Drainer
 

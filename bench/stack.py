@@ -18,8 +18,9 @@ from pathlib import Path
 
 import asyncmy
 
-from counter_svc.connections import migrate, mysql_kwargs, open_redis
+from counter_svc.connections import mysql_kwargs, open_redis
 from counter_svc.keys import Keys, delete_all
+from counter_svc.migrate import migrate
 from counter_svc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -42,7 +42,7 @@ def _serve(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings) -> None:
-    from counter_svc.connections import migrate
+    from counter_svc.migrate import migrate
 
     asyncio.run(migrate(settings))
     log.info("migrated", database=settings.mysql_database)

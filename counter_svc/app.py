@@ -18,12 +18,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from counter_svc.backends import BackendGauges
 from counter_svc.connections import open_mysql, open_redis
 from counter_svc.counters import Counters
 from counter_svc.errors import HTTP_CODES, ApiError, error_response
 from counter_svc.faults import Hook, no_fault
-from counter_svc.metrics import Metrics
+from counter_svc.metrics import BackendGauges, Metrics
 from counter_svc.routes import ROUTES
 from counter_svc.security import SECURITY_HEADERS, protect
 from counter_svc.settings import Settings

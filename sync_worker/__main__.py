@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if faults.armed:
         log.warning("fault_hook_armed", faults=sorted(faults.armed))
 
-    from sync_worker.scheduler import run
+    from sync_worker.worker import run
 
     return asyncio.run(run(settings, once=args.once, hook=faults.hit))
 

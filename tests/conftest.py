@@ -24,9 +24,10 @@ from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
 from counter_svc.app import create_app
-from counter_svc.connections import migrate, mysql_kwargs, open_mysql, open_redis
+from counter_svc.connections import mysql_kwargs, open_mysql, open_redis
 from counter_svc.faults import Hook
 from counter_svc.keys import Keys, delete_all
+from counter_svc.migrate import migrate
 from counter_svc.settings import Settings, load_config
 from tests.faults import free_port, port_open, wait_until
 

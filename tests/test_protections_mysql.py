@@ -16,8 +16,9 @@ import pytest
 from asyncmy.errors import OperationalError, ProgrammingError
 from starlette.config import Config
 
-from counter_svc.connections import migrate, mysql_kwargs
+from counter_svc.connections import mysql_kwargs
 from counter_svc.grants import GrantError, admin_settings
+from counter_svc.migrate import migrate
 from counter_svc.settings import Settings, SettingsError
 from tests.conftest import running_app, settings_env
 from tests.worker_fixtures import run_cli, worker_settings

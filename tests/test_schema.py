@@ -8,7 +8,8 @@ import asyncmy
 import pytest
 from asyncmy.pool import Pool
 
-from counter_svc.connections import USERNAME_COLLATION, MigrateError, migrate, mysql_kwargs
+from counter_svc.connections import mysql_kwargs
+from counter_svc.migrate import USERNAME_COLLATION, MigrateError, migrate
 from counter_svc.settings import Settings
 from tests.conftest import drop_run, running_app
 

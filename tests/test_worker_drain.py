@@ -14,7 +14,7 @@ from counter_svc.counters import Counters
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
 from sync_worker.metrics import Metrics
-from sync_worker.scheduler import Worker
+from sync_worker.worker import Worker
 from tests.worker_fixtures import (
     Load,
     add_users,

@@ -19,7 +19,7 @@ from counter_svc.connections import open_mysql, open_redis
 from counter_svc.counters import Outcome, now_ms
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
-from sync_worker.scheduler import Worker
+from sync_worker.worker import Worker
 from tests.conftest import running_app
 from tests.faults import FaultProxy, private_redis
 from tests.worker_fixtures import (
