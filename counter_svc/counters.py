@@ -6,6 +6,7 @@ Key names come from `counter_svc.keys`; the worker's scripts live in `sync_worke
 
 from __future__ import annotations
 
+import asyncio
 import time
 from enum import IntEnum
 from typing import Any
@@ -142,9 +143,11 @@ class Counters:
         tombstone_ttl_s: int,
         absent_ttl_s: int,
         idem_ttl_s: int,
+        timeout_s: float = 1.0,
     ) -> None:
         self.redis = redis
         self.keys = keys
+        self.timeout_s = timeout_s
         self._idle_ms = idle_ttl_s * 1000
         self._tombstone_s = tombstone_ttl_s
         self._absent_ms = absent_ttl_s * 1000
@@ -166,7 +169,13 @@ class Counters:
             settings.tombstone_ttl_seconds,
             settings.absent_ttl_seconds,
             settings.idempotency_ttl_seconds,
+            settings.redis_timeout_seconds,
         )
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers within REDIS_TIMEOUT_SECONDS (the readiness check)."""
+        async with asyncio.timeout(self.timeout_s):
+            await self.redis.ping()
 
     def _user_keys(self, user_id: int) -> list[str]:
         """counter, gone, absent: the first KEYS of every per-user script."""

@@ -114,3 +114,24 @@ async def test_redis_down_answers_503_and_recovers(settings: Settings, tmp_path:
             ]
             assert statuses[-1] == 200
             assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_readiness_bounds_each_store_by_its_own_timeout(settings: Settings) -> None:
+    """A hanging Redis makes /readyz answer 503 within REDIS_TIMEOUT_SECONDS, not within
+    the (here much longer) MySQL timeout: the probe must not outlast its own deadline."""
+    with FaultProxy("127.0.0.1", 6379) as proxy:
+        via_proxy = replace(
+            settings,
+            redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+            redis_timeout_seconds=0.3,
+            mysql_timeout_seconds=8.0,
+        )
+        async with running_app(via_proxy) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            proxy.block(hang=True)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"] == {"mysql": "ok", "redis": "unavailable"}
+            assert loop.time() - started < 4, "bounded by the Redis timeout, not MySQL's 8 s"
