@@ -10,8 +10,8 @@ on the wire are the same, in the same order. `bench/levers.py` measured the diff
 (docs/benchmarks.md).
 
 A request the HTTP parser cannot read never reaches the app, so uvicorn answers it itself
-with a plain-text 400; here that answer, and the 431 for a head too large to buffer, have
-the API's JSON error shape and the headers every other answer carries.
+with a plain-text 400; here that answer, and the 431 for a request head over
+MAX_HEAD_BYTES, have the API's JSON error shape and the headers every other answer carries.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ FLUSH_BYTES = 64 * 1024
 # The request line and headers together, as nginx's default (4 buffers of 8 KiB) allows
 # about; uvicorn's other HTTP parser (h11) stops at 16 KiB.
 MAX_HEAD_BYTES = 16 * 1024
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing: httptools turns it into an
+    HttpParserError, and uvicorn's data_received then calls send_400_response."""
 
 
 class CoalescingTransport:
@@ -92,23 +97,44 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
-        self._head_bytes = 0
+        self._head_bytes = 0  # read while in a head, for one header that never ends
+        self._head_parsed = 0  # the current head as parsed, request line and headers
+        self._head_too_large = False
         self._in_head = True  # the next bytes begin a request line and headers
 
     def data_received(self, data: bytes) -> None:
         # httptools buffers a header whole before handing it over, and sets no limit of
         # its own: one endless header would grow the process without bound. Counted here,
-        # a head holds at most MAX_HEAD_BYTES plus one read.
+        # a head split over reads holds at most MAX_HEAD_BYTES plus one read. A head that
+        # arrives whole in one read is counted by the parser callbacks below.
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
         too_large = self._in_head and self._head_bytes > MAX_HEAD_BYTES
         if too_large and not self.transport.is_closing():
-            self._refuse(
-                431,
-                "request_header_too_large",
-                f"the request line and headers must be at most {MAX_HEAD_BYTES} bytes",
-            )
+            self._refuse_head_too_large()
+
+    # The head as the parser hands it over, counted as sent in the usual form: the request
+    # line "METHOD url HTTP/1.1\r\n", one "name: value\r\n" per header, "\r\n" at the end.
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_parsed = 2  # the blank line that ends the head
+
+    def on_url(self, url: bytes) -> None:
+        if not self.url:  # the first part of the request line: its method, spaces, version
+            self._count_head(len(self.parser.get_method()) + len(b"  HTTP/1.1\r\n"))
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + len(b": \r\n"))
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_parsed += size
+        if self._head_parsed > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            raise _HeadTooLarge  # the parser stops; the head never reaches the app
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -125,7 +151,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         pass
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "invalid_request", msg)
+        if self._head_too_large:  # raised by _count_head, reported by the parser as invalid
+            self._refuse_head_too_large()
+        else:
+            self._refuse(400, "invalid_request", msg)
+
+    def _refuse_head_too_large(self) -> None:
+        self._refuse(
+            431,
+            "request_header_too_large",
+            f"the request line and headers must be at most {MAX_HEAD_BYTES} bytes",
+        )
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         body = bytes(error_response(status, code, message).body)  # the API's error shape

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from counter_svc.serving import MAX_HEAD_BYTES
 from counter_svc.settings import Settings
 from tests.conftest import serving
 from tests.test_protections_http import EXPECTED_HEADERS
@@ -173,3 +174,45 @@ def test_an_endless_request_head_is_cut_off_with_431(live_server: str) -> None:
     )
     assert status == "HTTP/1.1 200 OK"
     assert json.loads(body) == {"status": "ok"}
+
+
+def head_of(size: int, *headers: bytes) -> bytes:
+    """`GET /healthz` with `headers` and an `X-Pad` header filling the request line and
+    headers to exactly `size` bytes, the blank line that ends them included."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(headers)
+    pad = size - len(start) - len(b"X-Pad: \r\n\r\n")
+    head = start + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+def assert_head_too_large(status: str, headers: dict[str, str], body: bytes) -> None:
+    assert status == "HTTP/1.1 431 Request Header Fields Too Large"
+    assert json.loads(body)["error"] == "request_header_too_large"
+    assert headers["connection"] == "close"
+    assert len(headers["x-request-id"]) == 32
+    for name, value in EXPECTED_HEADERS.items():
+        assert headers[name] == value
+
+
+def test_a_head_over_16_kib_in_one_read_is_refused_with_431(live_server: str) -> None:
+    """The limit holds whatever the read size: a 20 kB header sent in one write, which the
+    server reads (and the parser completes) in one go, is refused as well."""
+    raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    assert_head_too_large(*exchange(live_server, raw))
+
+
+def test_many_small_headers_over_16_kib_are_refused_with_431(live_server: str) -> None:
+    """2,000 short headers (about 23 kB) sent in one write count as one head."""
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
+    raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"
+    assert_head_too_large(*exchange(live_server, raw))
+
+
+def test_a_head_of_exactly_16_kib_is_served_one_byte_more_is_not(live_server: str) -> None:
+    """MAX_HEAD_BYTES is the request line and the headers, the final blank line included:
+    a head of exactly that size is answered, one byte more gets the 431."""
+    status, _, body = exchange(live_server, head_of(MAX_HEAD_BYTES, b"X-A: 1\r\n" * 50))
+    assert status == "HTTP/1.1 200 OK"
+    assert json.loads(body) == {"status": "ok"}
+    assert_head_too_large(*exchange(live_server, head_of(MAX_HEAD_BYTES + 1)))
