@@ -17,7 +17,7 @@ log = structlog.get_logger("counter_svc")
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from counter_svc.serving import CoalescingHttpToolsProtocol
+    from counter_svc.serving import protocol_with
 
     log.info(
         "starting", **settings.safe_summary(), port=settings.port, workers=settings.web_concurrency
@@ -28,7 +28,8 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.web_concurrency,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,  # httptools, one socket write per response
+        # httptools, one socket write per response, request heads bounded in size and time
+        http=protocol_with(settings.request_head_timeout_seconds),
         # No WebSocket routes: an upgrade request is answered as plain HTTP, by the app,
         # in its JSON shape with its headers (uvicorn's WebSocket side would answer first).
         ws="none",

@@ -10,20 +10,31 @@ on the wire are the same, in the same order. `bench/levers.py` measured the diff
 (docs/benchmarks.md).
 
 A request the HTTP parser cannot read never reaches the app, so uvicorn answers it itself
-with a plain-text 400; here that answer, and the 431 for a request head over
-MAX_HEAD_BYTES, have the API's JSON error shape and the headers every other answer carries.
+with a plain-text 400; here that answer, the 431 for a request head over MAX_HEAD_BYTES and
+the 408 for a head slower than REQUEST_HEAD_TIMEOUT_SECONDS have the API's JSON error shape
+and the headers every other answer carries.
+
+uvicorn's own timer (keep-alive) only runs after a response: a client that opens a
+connection and sends its request head slowly, or never, would hold the connection (a file
+descriptor, a parser's buffer) for as long as it likes. Here a request head must arrive
+whole within the head timeout, counted from the connection's opening and, on a kept-alive
+connection, from the first byte of the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from typing import Any, cast
 
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from counter_svc.app import new_request_id
 from counter_svc.errors import error_response
 from counter_svc.security import SECURITY_HEADERS
+from counter_svc.settings import Settings
 
 # Past this many bytes held, write at once: a large or streamed body is not held back.
 FLUSH_BYTES = 64 * 1024
@@ -93,7 +104,21 @@ class CoalescingTransport:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """`uvicorn --http httptools`, writing each response with one socket write, answering
-    what never reaches the app in the app's JSON shape, and bounding request heads."""
+    what never reaches the app in the app's JSON shape, and bounding request heads in size
+    and in time (`head_timeout` seconds; see `protocol_with`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        head_timeout: float = Settings.request_head_timeout_seconds,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -101,6 +126,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_parsed = 0  # the current head as parsed, request line and headers
         self._head_too_large = False
         self._in_head = True  # the next bytes begin a request line and headers
+        self._head_begun = False  # bytes of the current head have arrived
+        self._start_head_timer()  # a new connection owes a request head at once
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         # httptools buffers a header whole before handing it over, and sets no limit of
@@ -109,16 +140,49 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # arrives whole in one read is counted by the parser callbacks below.
         if self._in_head:
             self._head_bytes += len(data)
+            self._head_begun = True
         super().data_received(data)
-        too_large = self._in_head and self._head_bytes > MAX_HEAD_BYTES
-        if too_large and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_head_too_large()
+        elif self._in_head and self._head_begun and self._head_timer is None:
+            # Part of a head is in (a kept-alive connection's next request, or one
+            # pipelined behind a request that is being served): it has the timeout to
+            # complete. A head that arrived whole in this read started no timer.
+            self._start_head_timer()
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The request before this head (pipelined) is still being answered: the wait
+            # is the server's, not the client's, so the head gets another period.
+            self._start_head_timer()
+        elif self._head_begun:
+            self._refuse(
+                408,
+                "request_timeout",
+                f"the request line and headers must arrive within {self.head_timeout:g} s",
+            )
+        else:
+            self.transport.close()  # a connection that never sent a byte: nothing to answer
 
     # The head as the parser hands it over, counted as sent in the usual form: the request
     # line "METHOD url HTTP/1.1\r\n", one "name: value\r\n" per header, "\r\n" at the end.
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_parsed = 2  # the blank line that ends the head
+        self._head_begun = True
 
     def on_url(self, url: bytes) -> None:
         if not self.url:  # the first part of the request line: its method, spaces, version
@@ -139,6 +203,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        self._head_begun = False
+        self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -181,3 +247,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         ]
         self.transport.write(b"".join(head))
         self.transport.close()
+
+
+def protocol_with(head_timeout: float) -> type[asyncio.Protocol]:
+    """The protocol for uvicorn's `http=`, with REQUEST_HEAD_TIMEOUT_SECONDS bound in.
+
+    A partial of the class rather than a subclass made here: with WEB_CONCURRENCY above 1
+    uvicorn pickles its configuration, this included, into each worker process, and a
+    class pickles only by its name in a module. uvicorn only calls it, as a class."""
+    factory = functools.partial(CoalescingHttpToolsProtocol, head_timeout=head_timeout)
+    return cast("type[asyncio.Protocol]", factory)
