@@ -17,11 +17,12 @@ log = structlog.get_logger("counter_svc")
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from counter_svc.serving import protocol_with
+    from counter_svc.serving import protocol_with, raise_open_files_limit
 
     log.info(
         "starting", **settings.safe_summary(), port=settings.port, workers=settings.web_concurrency
     )
+    raise_open_files_limit()  # before the workers start: they inherit it
     uvicorn.run(
         "counter_svc.asgi:app",
         host=settings.host,

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import resource
 from typing import Any, cast
 
+import structlog
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -35,6 +37,8 @@ from counter_svc.app import new_request_id
 from counter_svc.errors import error_response
 from counter_svc.security import SECURITY_HEADERS
 from counter_svc.settings import Settings
+
+log = structlog.get_logger("counter_svc")
 
 # Past this many bytes held, write at once: a large or streamed body is not held back.
 FLUSH_BYTES = 64 * 1024
@@ -257,3 +261,21 @@ def protocol_with(head_timeout: float) -> type[asyncio.Protocol]:
     class pickles only by its name in a module. uvicorn only calls it, as a class."""
     factory = functools.partial(CoalescingHttpToolsProtocol, head_timeout=head_timeout)
     return cast("type[asyncio.Protocol]", factory)
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one, where the OS allows it.
+
+    Every connection, idle or slow, holds a file descriptor, and the soft limit is often
+    1024: past it, accept() fails and the API stops taking connections. The hard limit is
+    the ceiling the container runtime or the OS sets; raising the soft limit to it needs no
+    privilege. Never fatal: when the limit cannot be changed, the API starts with it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = soft
+    if hard != soft and hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            new = hard
+        except (ValueError, OSError) as e:
+            log.warning("open_files_limit_unchanged", soft=soft, hard=hard, error=str(e))
+    log.info("open_files_limit", before=soft, soft=new, hard=hard)

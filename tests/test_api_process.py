@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import signal
 import socket
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from counter_svc.serving import MAX_HEAD_BYTES
 from counter_svc.settings import Settings
-from tests.conftest import serving
+from tests.conftest import serving, serving_with
 from tests.test_protections_http import EXPECTED_HEADERS
 
 pytestmark = pytest.mark.slow
@@ -216,3 +217,26 @@ def test_a_head_of_exactly_16_kib_is_served_one_byte_more_is_not(live_server: st
     assert status == "HTTP/1.1 200 OK"
     assert json.loads(body) == {"status": "ok"}
     assert_head_too_large(*exchange(live_server, head_of(MAX_HEAD_BYTES + 1)))
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Each connection holds a file descriptor: started with a soft RLIMIT_NOFILE below the
+    hard one, the API raises it to the hard limit, and says so once in its log."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, hard // 2)
+
+    def lower_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    log_path = tmp_path / "api.log"
+    with serving_with(settings, log_path, {}, lower_soft_limit) as (url, proc):
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            assert response.status == 200
+        soft_now, hard_now = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+    assert (soft_now, hard_now) == (hard, hard)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    limits = [line for line in lines if line.get("event") == "open_files_limit"]
+    assert len(limits) == 1, limits
+    assert (limits[0]["before"], limits[0]["soft"], limits[0]["hard"]) == (low, hard, hard)
