@@ -156,17 +156,24 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
+                            "description": "1 to 255 visible ASCII characters (0x21-0x7E), "
+                            "no white space inside. Spaces and tabs around the value are "
+                            "ignored, so `k` and `k ` are the same key. At most one such "
+                            "header: two are refused with 400.",
                             "schema": {
                                 "type": "string",
                                 "minLength": 1,
                                 "maxLength": 255,
-                                "pattern": "^[\\x20-\\x7e]+$",
+                                "pattern": "^[\\x21-\\x7e]+$",
                             },
                         }
                     ],
                     "responses": {
                         "200": _ok("The new value.", "Count"),
-                        "400": _error("Bad id or Idempotency-Key."),
+                        "400": _error(
+                            "Bad id, or a bad or repeated Idempotency-Key "
+                            "(invalid_idempotency_key)."
+                        ),
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "429": _RATE_LIMITED,

@@ -27,7 +27,9 @@ from counter_svc.users import User
 MAX_USER_ID = 2_147_483_647
 MAX_USERNAME = 100
 _ID_RE = re.compile(r"[0-9]{1,10}")
-_IDEM_RE = re.compile(r"[\x20-\x7e]{1,255}")
+# Visible ASCII, no white space: what is left once the optional white space around a
+# header value (RFC 9110 5.5) is trimmed, as a proxy on the way may have done.
+_IDEM_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -103,11 +105,17 @@ def username_of(payload: Any) -> str:
 
 
 def idempotency_key_of(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    """The key with spaces and tabs around it trimmed: `k`, `k ` and `\tk` are one key."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
+    if len(keys) > 1:
+        raise InvalidIdempotencyKey("send one Idempotency-Key header, not several")
+    key = keys[0].strip(" \t")
     if not _IDEM_RE.fullmatch(key):
-        raise InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 printable ASCII characters")
+        raise InvalidIdempotencyKey(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, without white space"
+        )
     return key
 
 

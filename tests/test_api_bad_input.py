@@ -52,6 +52,23 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str]] = [
         400,
         "invalid_idempotency_key",
     ),
+    (
+        "PUT",
+        f"{U}/1/increment",
+        {"Idempotency-Key": "inner space"},
+        None,
+        400,
+        "invalid_idempotency_key",
+    ),
+    ("PUT", f"{U}/1/increment", {"Idempotency-Key": " \t "}, None, 400, "invalid_idempotency_key"),
+    (
+        "PUT",
+        f"{U}/1/increment",
+        {"Idempotency-Key": " " + "x" * 256 + " "},
+        None,
+        400,
+        "invalid_idempotency_key",
+    ),
     # create bodies
     ("POST", U, JSON, b"", 400, "invalid_request"),
     ("POST", U, JSON, b"{", 400, "invalid_request"),
