@@ -70,7 +70,8 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
             "title": "UserCounter",
             "version": "1.0.0",
             "description": "A counter per registered user. Increments are answered from "
-            "Redis and written behind to MySQL.",
+            "Redis and written behind to MySQL. A path with a percent-encoded slash or "
+            "backslash (%2F, %5C) is refused on every route with 400 `invalid_path`.",
         },
         "paths": {
             "/api/v1/users": {

@@ -112,6 +112,15 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str]] = [
         415,
         "unsupported_media_type",
     ),
+    # encoded slashes and backslashes: one answer for every route, known or not
+    ("PUT", "/api%2Fv1%2Fusers%2F1%2Fincrement", {}, None, 400, "invalid_path"),
+    ("GET", f"{U}/1%2Fcount", {}, None, 400, "invalid_path"),
+    ("GET", f"{U}%2f1", {}, None, 400, "invalid_path"),
+    ("DELETE", f"{U}/1%2F", {}, None, 400, "invalid_path"),
+    ("POST", f"{U}%2F", JSON, b'{"username": "slash"}', 400, "invalid_path"),
+    ("GET", f"{U}/1%5Ccount", {}, None, 400, "invalid_path"),
+    ("GET", "/healthz%5c", {}, None, 400, "invalid_path"),
+    ("GET", "/nope%2Fnope", {}, None, 400, "invalid_path"),
     # routes and methods
     ("GET", "/", {}, None, 404, "not_found"),
     ("GET", "/api/v1/user/1", {}, None, 404, "not_found"),

@@ -240,3 +240,34 @@ def test_serve_raises_its_open_files_limit_to_the_hard_limit(
     limits = [line for line in lines if line.get("event") == "open_files_limit"]
     assert len(limits) == 1, limits
     assert (limits[0]["before"], limits[0]["soft"], limits[0]["hard"]) == (low, hard, hard)
+
+
+def test_an_encoded_slash_is_refused_whatever_its_decoded_path_names(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`PUT /api%2Fv1%2Fusers%2F<id>%2Fincrement` decodes to an increment's path, and used
+    to count: it is a JSON 400 invalid_path now, logged and counted like any answer, and
+    the counter does not move."""
+    log_path = tmp_path / "api.log"
+    with serving(settings, log_path) as (url, _):
+        created = urllib.request.Request(
+            f"{url}/api/v1/users",
+            data=b'{"username": "slashed"}',
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(created, timeout=10) as response:
+            user_id = json.loads(response.read())["data"]["id"]
+        raw = f"PUT /api%2Fv1%2Fusers%2F{user_id}%2Fincrement HTTP/1.1\r\nHost: x\r\n"
+        status, headers, body = exchange(url, raw.encode() + b"Connection: close\r\n\r\n")
+        with urllib.request.urlopen(f"{url}/api/v1/users/{user_id}/count", timeout=10) as r:
+            counter = json.loads(r.read())["data"]["counter"]
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert json.loads(body)["error"] == "invalid_path"
+    assert len(headers["x-request-id"]) == 32
+    for name, value in EXPECTED_HEADERS.items():
+        assert headers[name] == value
+    assert counter == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("event") == "request"]
+    assert ("PUT", "unmatched", 400) in [(x["method"], x["route"], x["status"]) for x in access]
