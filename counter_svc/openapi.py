@@ -43,7 +43,10 @@ def _ok(description: str, data_schema: str) -> dict[str, Any]:
     }
 
 
-_BAD_ID = _error("The id is not a decimal integer from 1 to 2147483647.")
+_BAD_ID = _error(
+    "The id is not a decimal integer from 1 to 2147483647 written without leading zeros "
+    "(invalid_user_id)."
+)
 # Both exist only when configured (AUTH_TOKEN_FILE, RATE_LIMIT_PER_MINUTE); off by default.
 _UNAUTHORIZED = {
     **_error("Authentication is on and no valid bearer token was sent."),
@@ -58,6 +61,7 @@ _USER_ID = {
     "name": "user_id",
     "in": "path",
     "required": True,
+    "description": "Decimal, without leading zeros: /users/01 is refused, not user 1.",
     "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
 }
 

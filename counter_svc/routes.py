@@ -26,7 +26,9 @@ from counter_svc.users import User
 
 MAX_USER_ID = 2_147_483_647
 MAX_USERNAME = 100
-_ID_RE = re.compile(r"[0-9]{1,10}")
+# One spelling per id: `/users/01` is not `/users/1`, so that proxies, logs, rate limits
+# and caches in front see the same resource the API does.
+_ID_RE = re.compile(r"[1-9][0-9]{0,9}")
 # Visible ASCII, no white space: what is left once the optional white space around a
 # header value (RFC 9110 5.5) is trimmed, as a proxy on the way may have done.
 _IDEM_RE = re.compile(r"[\x21-\x7e]{1,255}")
@@ -55,7 +57,9 @@ def user_json(user: User) -> dict[str, Any]:
 def user_id_of(request: Request) -> int:
     raw = request.path_params["user_id"]
     if not _ID_RE.fullmatch(raw) or not 1 <= int(raw) <= MAX_USER_ID:
-        raise InvalidUserId(f"user id must be a decimal integer from 1 to {MAX_USER_ID}")
+        raise InvalidUserId(
+            f"user id must be a decimal integer from 1 to {MAX_USER_ID}, without leading zeros"
+        )
     return int(raw)
 
 
