@@ -18,18 +18,20 @@ log = structlog.get_logger("counter_svc")
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from counter_svc.serving import CoalescingHttpToolsProtocol
+    from counter_svc.serving import protocol_with, raise_open_files_limit
 
     log.info(
         "starting", **settings.safe_summary(), port=settings.port, workers=settings.web_concurrency
     )
+    raise_open_files_limit()  # before the workers start: they inherit it
     uvicorn.run(
         "counter_svc.asgi:app",
         host=settings.host,
         port=settings.port,
         workers=settings.web_concurrency,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,  # httptools, one socket write per response
+        # httptools, one socket write per response, request heads bounded in size and time
+        http=protocol_with(settings.request_head_timeout_seconds),
         # No WebSocket routes: an upgrade request is answered as plain HTTP, by the app,
         # in its JSON shape with its headers (uvicorn's WebSocket side would answer first).
         ws="none",

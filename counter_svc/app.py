@@ -32,6 +32,10 @@ from counter_svc.users import Users
 log = structlog.get_logger("counter_svc.access")
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A slash or backslash percent-encoded in the path: decoded before routing, it would make
+# `/api%2Fv1%2Fusers%2F1%2Fincrement` the increment of user 1 for the app, and another
+# path (or none) for every proxy, log, rate limit and cache in front of it.
+_ENCODED_SEPARATOR_RE = re.compile(rb"%(2f|5c)", re.IGNORECASE)
 _ROUTE_TEMPLATES: dict[object, str] = {route.endpoint: route.path for route in ROUTES}
 # What the access log and metrics record for a request whose client hung up mid-body.
 CLIENT_CLOSED = 499
@@ -53,7 +57,8 @@ os.register_at_fork(after_in_child=_reseed_request_ids)
 class RequestContext:
     """Per request: a request id (kept from `X-Request-ID` when sane), the security
     headers, one access log line, metrics by route template, and a JSON 500 for anything
-    unexpected. The outermost middleware, so every answer of the app passes through it."""
+    unexpected. The outermost middleware, so every answer of the app passes through it;
+    a path with an encoded slash or backslash is refused here, before anything else."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: str = "all") -> None:
         self.app = app
@@ -88,7 +93,15 @@ class RequestContext:
 
         self.metrics.in_progress.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            raw_path = scope.get("raw_path") or b""
+            if b"%" in raw_path and _ENCODED_SEPARATOR_RE.search(raw_path):
+                # Before auth and routing, the same answer for every route.
+                response = error_response(
+                    400, "invalid_path", "the path must not contain an encoded '/' or '\\'"
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             # The client hung up before its request body was in; nobody is left to answer.
             # Not a server error: no traceback, and 499 (nginx's "client closed request")

@@ -43,7 +43,10 @@ def _ok(description: str, data_schema: str) -> dict[str, Any]:
     }
 
 
-_BAD_ID = _error("The id is not a decimal integer from 1 to 2147483647.")
+_BAD_ID = _error(
+    "The id is not a decimal integer from 1 to 2147483647 written without leading zeros "
+    "(invalid_user_id)."
+)
 # Both exist only when configured (AUTH_TOKEN_FILE, RATE_LIMIT_PER_MINUTE); off by default.
 _UNAUTHORIZED = {
     **_error("Authentication is on and no valid bearer token was sent."),
@@ -58,6 +61,7 @@ _USER_ID = {
     "name": "user_id",
     "in": "path",
     "required": True,
+    "description": "Decimal, without leading zeros: /users/01 is refused, not user 1.",
     "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
 }
 
@@ -70,7 +74,8 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
             "title": "UserCounter",
             "version": "1.0.0",
             "description": "A counter per registered user. Increments are answered from "
-            "Redis and written behind to MySQL.",
+            "Redis and written behind to MySQL. A path with a percent-encoded slash or "
+            "backslash (%2F, %5C) is refused on every route with 400 `invalid_path`.",
         },
         "paths": {
             "/api/v1/users": {
@@ -156,17 +161,24 @@ def openapi_document(max_body_bytes: int) -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
+                            "description": "1 to 255 visible ASCII characters (0x21-0x7E), "
+                            "no white space inside. Spaces and tabs around the value are "
+                            "ignored, so `k` and `k ` are the same key. At most one such "
+                            "header: two are refused with 400.",
                             "schema": {
                                 "type": "string",
                                 "minLength": 1,
                                 "maxLength": 255,
-                                "pattern": "^[\\x20-\\x7e]+$",
+                                "pattern": "^[\\x21-\\x7e]+$",
                             },
                         }
                     ],
                     "responses": {
                         "200": _ok("The new value.", "Count"),
-                        "400": _error("Bad id or Idempotency-Key."),
+                        "400": _error(
+                            "Bad id, or a bad or repeated Idempotency-Key "
+                            "(invalid_idempotency_key)."
+                        ),
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "429": _RATE_LIMITED,

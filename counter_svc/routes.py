@@ -26,8 +26,12 @@ from counter_svc.users import User
 
 MAX_USER_ID = 2_147_483_647
 MAX_USERNAME = 100
-_ID_RE = re.compile(r"[0-9]{1,10}")
-_IDEM_RE = re.compile(r"[\x20-\x7e]{1,255}")
+# One spelling per id: `/users/01` is not `/users/1`, so that proxies, logs, rate limits
+# and caches in front see the same resource the API does.
+_ID_RE = re.compile(r"[1-9][0-9]{0,9}")
+# Visible ASCII, no white space: what is left once the optional white space around a
+# header value (RFC 9110 5.5) is trimmed, as a proxy on the way may have done.
+_IDEM_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -53,7 +57,9 @@ def user_json(user: User) -> dict[str, Any]:
 def user_id_of(request: Request) -> int:
     raw = request.path_params["user_id"]
     if not _ID_RE.fullmatch(raw) or not 1 <= int(raw) <= MAX_USER_ID:
-        raise InvalidUserId(f"user id must be a decimal integer from 1 to {MAX_USER_ID}")
+        raise InvalidUserId(
+            f"user id must be a decimal integer from 1 to {MAX_USER_ID}, without leading zeros"
+        )
     return int(raw)
 
 
@@ -103,11 +109,17 @@ def username_of(payload: Any) -> str:
 
 
 def idempotency_key_of(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    """The key with spaces and tabs around it trimmed: `k`, `k ` and `\tk` are one key."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         return None
+    if len(keys) > 1:
+        raise InvalidIdempotencyKey("send one Idempotency-Key header, not several")
+    key = keys[0].strip(" \t")
     if not _IDEM_RE.fullmatch(key):
-        raise InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 printable ASCII characters")
+        raise InvalidIdempotencyKey(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, without white space"
+        )
     return key
 
 

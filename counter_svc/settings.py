@@ -195,6 +195,9 @@ class Settings:
     port: int = 8080
     web_concurrency: int = 1
     max_body_bytes: int = 4096
+    # A request line and headers must arrive whole within this (counted from a new
+    # connection, or from a kept-alive connection's next byte), or the answer is 408.
+    request_head_timeout_seconds: float = 10.0
     log_format: str = "auto"
     log_level: str = "info"
     access_log: str = "all"
@@ -267,6 +270,9 @@ class Settings:
             port=read_int(c, "PORT", 8080, 1, 65535),
             web_concurrency=read_int(c, "WEB_CONCURRENCY", 1, 1, 64),
             max_body_bytes=read_int(c, "MAX_BODY_BYTES", 4096, 64, 1 << 20),
+            request_head_timeout_seconds=read_float(
+                c, "REQUEST_HEAD_TIMEOUT_SECONDS", cls.request_head_timeout_seconds, 1, 300
+            ),
             log_format=read_choice(c, "LOG_FORMAT", "auto", ("auto", "json", "console")),
             log_level=read_choice(
                 c, "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")

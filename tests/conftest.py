@@ -11,7 +11,8 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -123,10 +124,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env | settings.environ() | {"LOG_FORMAT": "json", "ENV_FILE": os.devnull}
 
 
-@contextmanager
-def serving(settings: Settings, log_path: Path, **env: str) -> Iterator[tuple[str, Popen[bytes]]]:
+def serving(
+    settings: Settings, log_path: Path, **env: str
+) -> ContextManager[tuple[str, Popen[bytes]]]:
     """`python -m counter_svc serve` as a real process on a free port, with extra
     variables; its output goes to `log_path`. Yields its base URL and the process."""
+    return serving_with(settings, log_path, env)
+
+
+@contextmanager
+def serving_with(
+    settings: Settings,
+    log_path: Path,
+    env: dict[str, str],
+    preexec_fn: Callable[[], object] | None = None,
+) -> Iterator[tuple[str, Popen[bytes]]]:
+    """`serving`, with `preexec_fn` run in the child process before it starts."""
     port = free_port()
     full_env = settings_env(settings) | {"PORT": str(port), "HOST": "127.0.0.1"} | env
     with log_path.open("wb") as log_file:
@@ -135,6 +148,7 @@ def serving(settings: Settings, log_path: Path, **env: str) -> Iterator[tuple[st
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
         try:
             wait_until(lambda: port_open(port), 20, "the API to listen")

@@ -34,6 +34,11 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str]] = [
     ("PUT", f"{U}/4294967296/increment", {}, None, 400, "invalid_user_id"),
     ("DELETE", f"{U}/abc", {}, None, 400, "invalid_user_id"),
     ("DELETE", f"{U}/0", {}, None, 400, "invalid_user_id"),
+    ("GET", f"{U}/0000000001", {}, None, 400, "invalid_user_id"),
+    ("GET", f"{U}/01/count", {}, None, 400, "invalid_user_id"),
+    ("PUT", f"{U}/01/increment", {}, None, 400, "invalid_user_id"),
+    ("DELETE", f"{U}/007", {}, None, 400, "invalid_user_id"),
+    ("GET", f"{U}/00", {}, None, 400, "invalid_user_id"),
     # idempotency keys
     ("PUT", f"{U}/1/increment", {"Idempotency-Key": ""}, None, 400, "invalid_idempotency_key"),
     (
@@ -48,6 +53,23 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str]] = [
         "PUT",
         f"{U}/1/increment",
         {"Idempotency-Key": "tab\there"},
+        None,
+        400,
+        "invalid_idempotency_key",
+    ),
+    (
+        "PUT",
+        f"{U}/1/increment",
+        {"Idempotency-Key": "inner space"},
+        None,
+        400,
+        "invalid_idempotency_key",
+    ),
+    ("PUT", f"{U}/1/increment", {"Idempotency-Key": " \t "}, None, 400, "invalid_idempotency_key"),
+    (
+        "PUT",
+        f"{U}/1/increment",
+        {"Idempotency-Key": " " + "x" * 256 + " "},
         None,
         400,
         "invalid_idempotency_key",
@@ -95,6 +117,15 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str]] = [
         415,
         "unsupported_media_type",
     ),
+    # encoded slashes and backslashes: one answer for every route, known or not
+    ("PUT", "/api%2Fv1%2Fusers%2F1%2Fincrement", {}, None, 400, "invalid_path"),
+    ("GET", f"{U}/1%2Fcount", {}, None, 400, "invalid_path"),
+    ("GET", f"{U}%2f1", {}, None, 400, "invalid_path"),
+    ("DELETE", f"{U}/1%2F", {}, None, 400, "invalid_path"),
+    ("POST", f"{U}%2F", JSON, b'{"username": "slash"}', 400, "invalid_path"),
+    ("GET", f"{U}/1%5Ccount", {}, None, 400, "invalid_path"),
+    ("GET", "/healthz%5c", {}, None, 400, "invalid_path"),
+    ("GET", "/nope%2Fnope", {}, None, 400, "invalid_path"),
     # routes and methods
     ("GET", "/", {}, None, 404, "not_found"),
     ("GET", "/api/v1/user/1", {}, None, 404, "not_found"),
@@ -169,3 +200,26 @@ async def test_increment_ignores_a_body(client: httpx.AsyncClient) -> None:
     user_id = await create_user(client, "with-body")
     response = await client.put(f"{U}/{user_id}/increment", content=b"whatever")
     assert response.status_code == 200
+
+
+async def test_an_id_with_leading_zeros_is_refused_on_every_route(
+    client: httpx.AsyncClient,
+) -> None:
+    """`/users/0<id>` is not another name for `/users/<id>`: one URL per user, so proxies,
+    logs, rate limits and caches see what the API sees. Every route with an id refuses it,
+    and nothing is counted or deleted."""
+    user_id = await create_user(client, "zeros")
+    padded = f"{user_id:010d}"
+    assert padded != str(user_id)
+    for method, path in (
+        ("GET", f"{U}/{padded}"),
+        ("GET", f"{U}/{padded}/count"),
+        ("PUT", f"{U}/{padded}/increment"),
+        ("DELETE", f"{U}/{padded}"),
+    ):
+        response = await client.request(method, path)
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json()["error"] == "invalid_user_id"
+        assert "without leading zeros" in response.json()["message"]
+    user = (await client.get(f"{U}/{user_id}")).json()["data"]
+    assert user["counter"] == 0

@@ -72,6 +72,30 @@ async def test_idempotent_racing_requests_count_once(
     assert (await client.get(f"/api/v1/users/{user_id}/count")).json()["data"]["counter"] == 1
 
 
+async def test_idempotency_key_ignores_surrounding_white_space(client: httpx.AsyncClient) -> None:
+    """Spaces and tabs around the key are not part of it (RFC 9110 5.5): a proxy that trims
+    header values does not turn a retry into a second count."""
+    user_id = await create_user(client, "idem-ows")
+    path = f"/api/v1/users/{user_id}/increment"
+    for key in ("k-1 ", "k-1", "\tk-1", " k-1\t "):
+        response = await client.put(path, headers={"Idempotency-Key": key})
+        assert response.status_code == 200, (key, response.text)
+        assert response.json()["data"]["counter"] == 1, key
+    assert (await client.get(f"/api/v1/users/{user_id}/count")).json()["data"]["counter"] == 1
+
+
+async def test_two_idempotency_keys_are_refused(client: httpx.AsyncClient) -> None:
+    """Two Idempotency-Key headers (or one sent twice) are a 400, not the first one taken
+    silently; nothing is counted."""
+    user_id = await create_user(client, "idem-twice")
+    path = f"/api/v1/users/{user_id}/increment"
+    for keys in (("a", "b"), ("a", "a")):
+        response = await client.put(path, headers=[("Idempotency-Key", k) for k in keys])
+        assert response.status_code == 400, keys
+        assert response.json()["error"] == "invalid_idempotency_key"
+    assert (await client.get(f"/api/v1/users/{user_id}/count")).json()["data"]["counter"] == 0
+
+
 async def test_idempotency_key_is_scoped_per_user(client: httpx.AsyncClient) -> None:
     """The same key on two users counts on each."""
     a, b = await create_user(client, "scope-a"), await create_user(client, "scope-b")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import signal
 import socket
 import time
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from counter_svc.serving import MAX_HEAD_BYTES
 from counter_svc.settings import Settings
-from tests.conftest import serving
+from tests.conftest import serving, serving_with
 from tests.test_protections_http import EXPECTED_HEADERS
 
 pytestmark = pytest.mark.slow
@@ -173,3 +175,99 @@ def test_an_endless_request_head_is_cut_off_with_431(live_server: str) -> None:
     )
     assert status == "HTTP/1.1 200 OK"
     assert json.loads(body) == {"status": "ok"}
+
+
+def head_of(size: int, *headers: bytes) -> bytes:
+    """`GET /healthz` with `headers` and an `X-Pad` header filling the request line and
+    headers to exactly `size` bytes, the blank line that ends them included."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(headers)
+    pad = size - len(start) - len(b"X-Pad: \r\n\r\n")
+    head = start + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+def assert_head_too_large(status: str, headers: dict[str, str], body: bytes) -> None:
+    assert status == "HTTP/1.1 431 Request Header Fields Too Large"
+    assert json.loads(body)["error"] == "request_header_too_large"
+    assert headers["connection"] == "close"
+    assert len(headers["x-request-id"]) == 32
+    for name, value in EXPECTED_HEADERS.items():
+        assert headers[name] == value
+
+
+def test_a_head_over_16_kib_in_one_read_is_refused_with_431(live_server: str) -> None:
+    """The limit holds whatever the read size: a 20 kB header sent in one write, which the
+    server reads (and the parser completes) in one go, is refused as well."""
+    raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    assert_head_too_large(*exchange(live_server, raw))
+
+
+def test_many_small_headers_over_16_kib_are_refused_with_431(live_server: str) -> None:
+    """2,000 short headers (about 23 kB) sent in one write count as one head."""
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
+    raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"
+    assert_head_too_large(*exchange(live_server, raw))
+
+
+def test_a_head_of_exactly_16_kib_is_served_one_byte_more_is_not(live_server: str) -> None:
+    """MAX_HEAD_BYTES is the request line and the headers, the final blank line included:
+    a head of exactly that size is answered, one byte more gets the 431."""
+    status, _, body = exchange(live_server, head_of(MAX_HEAD_BYTES, b"X-A: 1\r\n" * 50))
+    assert status == "HTTP/1.1 200 OK"
+    assert json.loads(body) == {"status": "ok"}
+    assert_head_too_large(*exchange(live_server, head_of(MAX_HEAD_BYTES + 1)))
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Each connection holds a file descriptor: started with a soft RLIMIT_NOFILE below the
+    hard one, the API raises it to the hard limit, and says so once in its log."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, hard // 2)
+
+    def lower_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    log_path = tmp_path / "api.log"
+    with serving_with(settings, log_path, {}, lower_soft_limit) as (url, proc):
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            assert response.status == 200
+        soft_now, hard_now = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+    assert (soft_now, hard_now) == (hard, hard)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    limits = [line for line in lines if line.get("event") == "open_files_limit"]
+    assert len(limits) == 1, limits
+    assert (limits[0]["before"], limits[0]["soft"], limits[0]["hard"]) == (low, hard, hard)
+
+
+def test_an_encoded_slash_is_refused_whatever_its_decoded_path_names(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`PUT /api%2Fv1%2Fusers%2F<id>%2Fincrement` decodes to an increment's path, and used
+    to count: it is a JSON 400 invalid_path now, logged and counted like any answer, and
+    the counter does not move."""
+    log_path = tmp_path / "api.log"
+    with serving(settings, log_path) as (url, _):
+        created = urllib.request.Request(
+            f"{url}/api/v1/users",
+            data=b'{"username": "slashed"}',
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(created, timeout=10) as response:
+            user_id = json.loads(response.read())["data"]["id"]
+        raw = f"PUT /api%2Fv1%2Fusers%2F{user_id}%2Fincrement HTTP/1.1\r\nHost: x\r\n"
+        status, headers, body = exchange(url, raw.encode() + b"Connection: close\r\n\r\n")
+        with urllib.request.urlopen(f"{url}/api/v1/users/{user_id}/count", timeout=10) as r:
+            counter = json.loads(r.read())["data"]["counter"]
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert json.loads(body)["error"] == "invalid_path"
+    assert len(headers["x-request-id"]) == 32
+    for name, value in EXPECTED_HEADERS.items():
+        assert headers[name] == value
+    assert counter == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("event") == "request"]
+    assert ("PUT", "unmatched", 400) in [(x["method"], x["route"], x["status"]) for x in access]

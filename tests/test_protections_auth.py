@@ -49,6 +49,23 @@ async def test_mutations_without_a_token_get_a_json_401(settings: Settings) -> N
             assert response.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_an_encoded_slash_is_refused_before_auth_and_routing(settings: Settings) -> None:
+    """With auth on, a path with an encoded slash gets the JSON 400 invalid_path, not a 401
+    and not the route its decoded form names; the request id, the security headers, the
+    access log and the request metrics are there as for any other answer."""
+    async with running_app(with_auth(settings)) as client:
+        response = await client.put(
+            "/api%2Fv1%2Fusers%2F1%2Fincrement", headers={"X-Request-ID": "slash-1"}
+        )
+        exposition = (await client.get("/metrics")).text
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_path"
+    assert response.headers["x-request-id"] == "slash-1"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
+    assert TOTAL + 'method="PUT",route="unmatched",status="400"} 1.0' in exposition
+
+
 async def test_wrong_method_and_unknown_route_keep_405_and_404(settings: Settings) -> None:
     """With auth on, a wrong method still answers 405 and an unknown route 404, not 401."""
     async with running_app(with_auth(settings)) as client:

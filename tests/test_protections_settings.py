@@ -18,6 +18,7 @@ NEW_VARIABLES = (
     "CORS_ALLOW_CREDENTIALS",
     "AUTH_TOKEN_FILE",
     "REQUEST_TIMEOUT_SECONDS",
+    "REQUEST_HEAD_TIMEOUT_SECONDS",
     "REDIS_TLS_CA_FILE",
     "REDIS_TLS_CERT_FILE",
     "REDIS_TLS_KEY_FILE",
@@ -49,6 +50,9 @@ def test_everything_is_off_by_default() -> None:
         ("CORS_ALLOW_CREDENTIALS", "maybe"),
         ("REQUEST_TIMEOUT_SECONDS", "-5"),
         ("REQUEST_TIMEOUT_SECONDS", "soon"),
+        ("REQUEST_HEAD_TIMEOUT_SECONDS", "0"),
+        ("REQUEST_HEAD_TIMEOUT_SECONDS", "301"),
+        ("REQUEST_HEAD_TIMEOUT_SECONDS", "soon"),
         ("AUTH_TOKEN_FILE", "/nonexistent/token"),
         ("MYSQL_ADMIN_PASSWORD_FILE", "/nonexistent/password"),
     ],
@@ -57,6 +61,14 @@ def test_bad_value_names_the_variable(key: str, value: str) -> None:
     """A bad value of a new setting fails with a message that names it."""
     with pytest.raises(SettingsError, match=key):
         Settings.from_env(Config(environ={key: value}))
+
+
+def test_request_head_timeout_is_on_by_default() -> None:
+    """Unlike the protections above, the request-head timeout is always on: 10 s unless
+    REQUEST_HEAD_TIMEOUT_SECONDS says otherwise."""
+    assert Settings.from_env(Config(environ={})).request_head_timeout_seconds == 10
+    s = Settings.from_env(Config(environ={"REQUEST_HEAD_TIMEOUT_SECONDS": "2.5"}))
+    assert s.request_head_timeout_seconds == 2.5
 
 
 def test_trusted_proxies_are_parsed_as_networks() -> None:
