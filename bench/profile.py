@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, str]] = [
     ("redis-py (commands, pool, pipeline, parser)", r"\((redis|hiredis)/"),
     (
         "middleware of the API (request id, headers, metrics, log)",
-        r"\(counter_svc/(app|security|metrics)\.py",
+        r"\(counter_svc/(app\.py|metrics\.py|middleware/)",
     ),
     ("request code of the API (routes, store, counters)", r"\(counter_svc/"),
 ]

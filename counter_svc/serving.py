@@ -33,9 +33,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from counter_svc.app import new_request_id
 from counter_svc.errors import error_response
-from counter_svc.security import SECURITY_HEADERS
+from counter_svc.middleware.context import new_request_id
+from counter_svc.middleware.headers import SECURITY_HEADERS
 from counter_svc.settings import Settings
 
 log = structlog.get_logger("counter_svc")

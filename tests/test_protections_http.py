@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from counter_svc.app import create_app
 from counter_svc.keys import Keys
-from counter_svc.security import SECURITY_HEADERS
+from counter_svc.middleware.headers import SECURITY_HEADERS
 from counter_svc.settings import Settings, SettingsError
 from tests.conftest import create_user, running_app
 from tests.faults import FaultProxy

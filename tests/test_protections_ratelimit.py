@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from counter_svc.keys import Keys
-from counter_svc.ratelimit import RATE_LIMIT_LUA, client_address
+from counter_svc.middleware.ratelimit import RATE_LIMIT_LUA, client_address
 from counter_svc.settings import Settings
 from tests.conftest import create_user, running_app
 from tests.faults import free_port

@@ -21,7 +21,7 @@ from counter_svc.connections import REDIS_ERRORS
 from counter_svc.errors import error_response
 from counter_svc.keys import Keys
 from counter_svc.metrics import Metrics
-from counter_svc.rejections import refuse
+from counter_svc.middleware.rejections import refuse
 from counter_svc.settings import IPNetwork
 
 log = structlog.get_logger(__name__)

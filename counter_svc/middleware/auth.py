@@ -9,7 +9,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from counter_svc.errors import error_response
-from counter_svc.rejections import find_route, refuse
+from counter_svc.middleware.rejections import find_route, refuse
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SCOPE_PATH = "/api/"
