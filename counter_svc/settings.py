@@ -89,10 +89,10 @@ def read_secret(config: Config, key: str, default: str) -> str:
         raise SettingsError(f"{file_key} names a file that cannot be read: {e.strerror}") from e
 
 
-def _redis_url(config: Config) -> str:
+def _redis_url(config: Config, default: str) -> str:
     """REDIS_URL, checked as redis-py will read it. The messages never repeat the URL: it
     may hold a password, and a password with an unencoded '/' or '#' reads as a port."""
-    url = read(config, "REDIS_URL", str, "redis://127.0.0.1:6379/0")
+    url = read(config, "REDIS_URL", str, default)
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
@@ -217,16 +217,16 @@ class Settings:
     @classmethod
     def from_env(cls, config: Config | None = None) -> Settings:
         c = config or load_config()
-        prefix = read(c, "REDIS_KEY_PREFIX", str, "uc")
+        prefix = read(c, "REDIS_KEY_PREFIX", str, cls.key_prefix)
         if not _PREFIX_RE.match(prefix):
             raise SettingsError(
                 "REDIS_KEY_PREFIX must be 1-32 characters of letters, digits, '_', '.', ':' or '-'"
             )
-        database = read(c, "MYSQL_DATABASE", str, "usercounter")
+        database = read(c, "MYSQL_DATABASE", str, cls.mysql_database)
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", database):
             raise SettingsError("MYSQL_DATABASE must be 1-64 letters, digits or '_'")
-        mysql_user = read(c, "MYSQL_USER", str, "root")
-        admin_user = read(c, "MYSQL_ADMIN_USER", str, "")
+        mysql_user = read(c, "MYSQL_USER", str, cls.mysql_user)
+        admin_user = read(c, "MYSQL_ADMIN_USER", str, cls.mysql_admin_user)
         if admin_user and admin_user == mysql_user:
             raise SettingsError("MYSQL_ADMIN_USER must differ from MYSQL_USER (the service's user)")
         if admin_user and mysql_user.lower() in _RESERVED_MYSQL_USERS:
@@ -235,60 +235,72 @@ class Settings:
                 f"MYSQL_USER must name the service's own account when MYSQL_ADMIN_USER is set, "
                 f"not {mysql_user!r}"
             )
-        redis_url = _redis_url(c)
+        redis_url = _redis_url(c, cls.redis_url)
         cert = _tls_file(c, "REDIS_TLS_CERT_FILE", redis_url)
         key = _tls_file(c, "REDIS_TLS_KEY_FILE", redis_url)
         if bool(cert) != bool(key):
             raise SettingsError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
         origins = _origins(c)
-        credentials = read(c, "CORS_ALLOW_CREDENTIALS", boolean, False)
+        credentials = read(c, "CORS_ALLOW_CREDENTIALS", boolean, cls.cors_allow_credentials)
         if credentials and "*" in origins:
             raise SettingsError("CORS_ALLOW_CREDENTIALS cannot be used with CORS_ALLOW_ORIGINS=*")
         return cls(
-            mysql_host=read(c, "MYSQL_HOST", str, "127.0.0.1"),
-            mysql_port=read_int(c, "MYSQL_PORT", 3306, 1, 65535),
+            mysql_host=read(c, "MYSQL_HOST", str, cls.mysql_host),
+            mysql_port=read_int(c, "MYSQL_PORT", cls.mysql_port, 1, 65535),
             mysql_user=mysql_user,
-            mysql_password=read_secret(c, "MYSQL_PASSWORD", ""),
+            mysql_password=read_secret(c, "MYSQL_PASSWORD", cls.mysql_password),
             mysql_database=database,
-            mysql_pool_size=read_int(c, "MYSQL_POOL_SIZE", 10, 1, 1000),
-            mysql_timeout_seconds=read_float(c, "MYSQL_TIMEOUT_SECONDS", 2.0, 0.05, 300),
+            mysql_pool_size=read_int(c, "MYSQL_POOL_SIZE", cls.mysql_pool_size, 1, 1000),
+            mysql_timeout_seconds=read_float(
+                c, "MYSQL_TIMEOUT_SECONDS", cls.mysql_timeout_seconds, 0.05, 300
+            ),
             redis_url=redis_url,
-            redis_password=read_secret(c, "REDIS_PASSWORD", ""),
-            redis_pool_size=read_int(c, "REDIS_POOL_SIZE", 64, 1, 10_000),
-            redis_timeout_seconds=read_float(c, "REDIS_TIMEOUT_SECONDS", 1.0, 0.05, 300),
+            redis_password=read_secret(c, "REDIS_PASSWORD", cls.redis_password),
+            redis_pool_size=read_int(c, "REDIS_POOL_SIZE", cls.redis_pool_size, 1, 10_000),
+            redis_timeout_seconds=read_float(
+                c, "REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, 0.05, 300
+            ),
             key_prefix=prefix,
-            buckets=read_int(c, "COUNTER_BUCKETS", 64, 1, 16_384),
+            buckets=read_int(c, "COUNTER_BUCKETS", cls.buckets, 1, 16_384),
             # At least a minute: a counter must not expire (and be re-seeded from MySQL)
             # while a slow MySQL read that started before its last sync is still running.
-            idle_ttl_seconds=read_int(c, "COUNTER_IDLE_TTL_SECONDS", 86_400, 60, 365 * 86_400),
-            tombstone_ttl_seconds=read_int(
-                c, "TOMBSTONE_TTL_SECONDS", 7 * 86_400, 60, 3650 * 86_400
+            idle_ttl_seconds=read_int(
+                c, "COUNTER_IDLE_TTL_SECONDS", cls.idle_ttl_seconds, 60, 365 * 86_400
             ),
-            absent_ttl_seconds=read_int(c, "ABSENT_TTL_SECONDS", 10, 1, 3600),
-            idempotency_ttl_seconds=read_int(c, "IDEMPOTENCY_TTL_SECONDS", 86_400, 1, 30 * 86_400),
-            host=read(c, "HOST", str, "0.0.0.0"),  # noqa: S104
-            port=read_int(c, "PORT", 8080, 1, 65535),
-            web_concurrency=read_int(c, "WEB_CONCURRENCY", 1, 1, 64),
-            max_body_bytes=read_int(c, "MAX_BODY_BYTES", 4096, 64, 1 << 20),
+            tombstone_ttl_seconds=read_int(
+                c, "TOMBSTONE_TTL_SECONDS", cls.tombstone_ttl_seconds, 60, 3650 * 86_400
+            ),
+            absent_ttl_seconds=read_int(c, "ABSENT_TTL_SECONDS", cls.absent_ttl_seconds, 1, 3600),
+            idempotency_ttl_seconds=read_int(
+                c, "IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, 1, 30 * 86_400
+            ),
+            host=read(c, "HOST", str, cls.host),  # noqa: S104
+            port=read_int(c, "PORT", cls.port, 1, 65535),
+            web_concurrency=read_int(c, "WEB_CONCURRENCY", cls.web_concurrency, 1, 64),
+            max_body_bytes=read_int(c, "MAX_BODY_BYTES", cls.max_body_bytes, 64, 1 << 20),
             request_head_timeout_seconds=read_float(
                 c, "REQUEST_HEAD_TIMEOUT_SECONDS", cls.request_head_timeout_seconds, 1, 300
             ),
-            log_format=read_choice(c, "LOG_FORMAT", "auto", ("auto", "json", "console")),
+            log_format=read_choice(c, "LOG_FORMAT", cls.log_format, ("auto", "json", "console")),
             log_level=read_choice(
-                c, "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
+                c, "LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error", "critical")
             ),
-            access_log=read_choice(c, "ACCESS_LOG", "all", ("all", "errors", "off")),
+            access_log=read_choice(c, "ACCESS_LOG", cls.access_log, ("all", "errors", "off")),
             mysql_admin_user=admin_user,
-            mysql_admin_password=read_secret(c, "MYSQL_ADMIN_PASSWORD", ""),
+            mysql_admin_password=read_secret(c, "MYSQL_ADMIN_PASSWORD", cls.mysql_admin_password),
             redis_tls_ca_file=_tls_file(c, "REDIS_TLS_CA_FILE", redis_url),
             redis_tls_cert_file=cert,
             redis_tls_key_file=key,
-            rate_limit_per_minute=read_int(c, "RATE_LIMIT_PER_MINUTE", 0, 0, 1_000_000),
+            rate_limit_per_minute=read_int(
+                c, "RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute, 0, 1_000_000
+            ),
             rate_limit_trusted_proxies=_networks(c, "RATE_LIMIT_TRUSTED_PROXIES"),
             cors_allow_origins=origins,
             cors_allow_credentials=credentials,
             auth_tokens=_auth_tokens(c),
-            request_timeout_seconds=read_float(c, "REQUEST_TIMEOUT_SECONDS", 0.0, 0.0, 300),
+            request_timeout_seconds=read_float(
+                c, "REQUEST_TIMEOUT_SECONDS", cls.request_timeout_seconds, 0.0, 300
+            ),
         )
 
     def environ(self) -> dict[str, str]:

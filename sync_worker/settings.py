@@ -35,18 +35,22 @@ class WorkerSettings:
         c = config or load_config()
         return cls(
             base=Settings.from_env(c),
-            interval_seconds=read_float(c, "SYNC_INTERVAL_SECONDS", 1.0, 0.01, 3600),
-            batch_size=read_int(c, "SYNC_BATCH_SIZE", 1000, 1, 50_000),
-            lease_seconds=read_float(c, "SYNC_LEASE_SECONDS", 30.0, 1, 3600),
-            concurrency=read_int(c, "SYNC_CONCURRENCY", 4, 1, 256),
-            metrics_port=read_int(c, "SYNC_METRICS_PORT", 9100, 0, 65535),
-            health_max_age_seconds=read_float(c, "SYNC_HEALTH_MAX_AGE_SECONDS", 60.0, 1, 86_400),
+            interval_seconds=read_float(
+                c, "SYNC_INTERVAL_SECONDS", cls.interval_seconds, 0.01, 3600
+            ),
+            batch_size=read_int(c, "SYNC_BATCH_SIZE", cls.batch_size, 1, 50_000),
+            lease_seconds=read_float(c, "SYNC_LEASE_SECONDS", cls.lease_seconds, 1, 3600),
+            concurrency=read_int(c, "SYNC_CONCURRENCY", cls.concurrency, 1, 256),
+            metrics_port=read_int(c, "SYNC_METRICS_PORT", cls.metrics_port, 0, 65535),
+            health_max_age_seconds=read_float(
+                c, "SYNC_HEALTH_MAX_AGE_SECONDS", cls.health_max_age_seconds, 1, 86_400
+            ),
             # At least 10 s: failing passes are up to 5 s apart (the back-off cap).
             liveness_max_age_seconds=read_float(
-                c, "SYNC_LIVENESS_MAX_AGE_SECONDS", 60.0, 10, 86_400
+                c, "SYNC_LIVENESS_MAX_AGE_SECONDS", cls.liveness_max_age_seconds, 10, 86_400
             ),
             shutdown_timeout_seconds=read_float(
-                c, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.1, 3600
+                c, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", cls.shutdown_timeout_seconds, 0.1, 3600
             ),
             worker_id=_worker_id(c),
         )

@@ -132,3 +132,11 @@ def test_worker_id_is_checked_and_optional() -> None:
     )
     with pytest.raises(SettingsError, match="SYNC_WORKER_ID"):
         WorkerSettings.from_env(config(SYNC_WORKER_ID="two words"))
+
+
+def test_reading_nothing_gives_the_dataclass_defaults() -> None:
+    """Each default is written once, in the dataclass: the reader adds none of its own."""
+    from sync_worker.settings import WorkerSettings
+
+    assert Settings.from_env(config()) == Settings()
+    assert WorkerSettings.from_env(config()) == WorkerSettings(base=Settings())
