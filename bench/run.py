@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import checks, loads, report, stack
 from counter_svc.connections import mysql_kwargs, open_redis
-from counter_svc.counters import INCREMENT_LUA
+from counter_svc.counters import INCREMENT, LIBRARY
 from counter_svc.keys import Keys
 from counter_svc.settings import Settings, load_config
 
@@ -239,20 +239,29 @@ class Bench:
             keys.generation(keys.bucket(user_id)),
         ]
 
-        async def prepare() -> str:
+        async def prepare() -> None:
             redis = open_redis(s)
             try:
                 await redis.set(counter_keys[0], 0)
-                sha: str = await redis.script_load(INCREMENT_LUA)
-                return sha
+                await LIBRARY.load(redis)
             finally:
                 await redis.aclose()
 
-        sha = asyncio.run(prepare())
-        evalsha = ["EVALSHA", sha, "5", *counter_keys, str(user_id), "1", "", "60", ""]
+        asyncio.run(prepare())
+        fcall = [
+            "FCALL",
+            LIBRARY.qualified(INCREMENT),
+            "5",
+            *counter_keys,
+            str(user_id),
+            "1",
+            "",
+            "60",
+            "",
+        ]
         runs = [
             ("INCR", ["INCR", counter_keys[0]], 64),
-            ("increment script (EVALSHA)", evalsha, 64),
+            ("increment function (FCALL)", fcall, 64),
             ("INCR, pipelined 16 deep", ["-P", "16", "INCR", counter_keys[0]], 64),
         ]
         self.out["redis"] = []

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from counter_svc.connections import open_mysql, open_redis
+from counter_svc.connections import REDIS_ERRORS, open_mysql, open_redis
 from counter_svc.counters import Counters
 from counter_svc.errors import HTTP_CODES, ApiError, error_response
 from counter_svc.faults import Hook, no_fault
@@ -20,6 +21,8 @@ from counter_svc.routes import ROUTES
 from counter_svc.settings import Settings
 from counter_svc.store import Store
 from counter_svc.users import Users
+
+log = structlog.get_logger(__name__)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -49,6 +52,10 @@ def create_app(
         pool = await open_mysql(settings, minsize=0)
         redis = open_redis(settings)
         counters = Counters.from_settings(redis, settings)
+        try:
+            await counters.load()  # else the first call of each process loads it
+        except REDIS_ERRORS as e:
+            log.warning("redis_functions_not_loaded", error=str(e))
         users = Users(pool, settings.mysql_timeout_seconds, metrics.mysql_errors.inc)
         app.state.store = Store(users, counters, metrics, hook or no_fault)
         try:

@@ -12,8 +12,8 @@ from enum import IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
+from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 from counter_svc.pipelining import AutoPipeline
 from counter_svc.settings import Settings
@@ -41,7 +41,9 @@ class Outcome(IntEnum):
 # checked before the idempotent answer: a deleted user stays 404, retries included.
 # The value is returned as Redis' own string: Lua numbers are doubles, and tostring()
 # would print 1e+14 for large counters.
-INCREMENT_LUA = """
+INCREMENT = Function(
+    "increment",
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local idem = KEYS[6]
 if idem then
@@ -62,61 +64,77 @@ redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
 if idem then redis.call('SET', idem, v, 'EX', ARGV[4]) end
 return {0, v}
-"""
+""",
+)
 
 # Read. KEYS: counter, gone, absent, generation. Returns {outcome, value}; a MISS (and an
 # ABSENT: `get` reads the row anyway) returns the bucket's generation, as the increment does.
 # Flagged read-only, so counts keep working when Redis is at maxmemory or a replica.
-READ_LUA = """#!lua flags=no-writes
+READ = Function(
+    "read",
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local v = redis.call('GET', KEYS[1])
 if v then return {0, v} end
 local gen = redis.call('GET', KEYS[4]) or '0'
 if redis.call('EXISTS', KEYS[3]) == 1 then return {4, gen} end
 return {1, gen}
-"""
+""",
+    ("no-writes",),
+)
 
 # Seed a counter read from MySQL. KEYS: counter, gone, generation. ARGV: value, idle ttl
 # ms, the generation the value was read under. A live counter is newer and kept; a moved
 # generation means the value may be older than one already synced and evicted: refused
 # (STALE), the caller reads MySQL again. The idle TTL lets a clean counter be evicted.
-SEED_LUA = """
+SEED = Function(
+    "seed",
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local v = redis.call('GET', KEYS[1])
 if v then return {0, v} end
 if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then return {5, ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {0, ARGV[1]}
-"""
+""",
+)
 
 # Remember that MySQL has no such row. KEYS: counter, gone, absent, generation. ARGV: ttl
 # ms, the generation the row was looked up under. Refused when a counter exists, or when
 # the generation moved (a create may have come and its counter gone since): a create that
 # landed meanwhile always wins.
-MARK_ABSENT_LUA = """
+MARK_ABSENT = Function(
+    "mark_absent",
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local v = redis.call('GET', KEYS[1])
 if v then return {0, v} end
 if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[2] then return {5, ''} end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
 return {4, ''}
-"""
+""",
+)
 
 # A user was just inserted. KEYS: counter, gone, absent, generation. ARGV: idle ttl ms.
 # Ids are never reused, so a tombstone here means a delete of this very user raced in
 # between the INSERT and this call: it must win. A negative-cache entry is stale. The
 # new counter carries the idle TTL, so the generation moves.
-CREATED_LUA = """
+CREATED = Function(
+    "created",
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
 redis.call('INCR', KEYS[4])
 return 1
-"""
+""",
+)
 
 # A user was just deleted from MySQL. KEYS: counter, gone, absent, dirty, inflight,
 # inflight_since, generation. ARGV: id, tombstone ttl seconds.
-DELETED_LUA = """
+DELETED = Function(
+    "deleted",
+    """
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -124,7 +142,12 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('EXISTS', KEYS[5]) == 0 then redis.call('DEL', KEYS[6]) end
 redis.call('INCR', KEYS[7])
 return 1
-"""
+""",
+)
+
+
+# The API's functions, loaded as one library (counter_svc/functions.py).
+LIBRARY = Library("api", (INCREMENT, READ, SEED, MARK_ABSENT, CREATED, DELETED))
 
 
 def now_ms() -> int:
@@ -132,8 +155,9 @@ def now_ms() -> int:
 
 
 class Counters:
-    """The counter operations of the API, each one script call; the calls of concurrent
-    requests share round trips (`AutoPipeline`)."""
+    """The counter operations of the API, each one function call; the calls of concurrent
+    requests share round trips (`AutoPipeline`), and with `ack_replicas` their writes are
+    answered only once that many replicas have them."""
 
     def __init__(
         self,
@@ -144,6 +168,8 @@ class Counters:
         absent_ttl_s: int,
         idem_ttl_s: int,
         timeout_s: float = 1.0,
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = 100,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -152,13 +178,7 @@ class Counters:
         self._tombstone_s = tombstone_ttl_s
         self._absent_ms = absent_ttl_s * 1000
         self._idem_s = idem_ttl_s
-        self._calls = AutoPipeline(redis)
-        self._increment: AsyncScript = redis.register_script(INCREMENT_LUA)
-        self._read: AsyncScript = redis.register_script(READ_LUA)
-        self._seed: AsyncScript = redis.register_script(SEED_LUA)
-        self._mark_absent: AsyncScript = redis.register_script(MARK_ABSENT_LUA)
-        self._created: AsyncScript = redis.register_script(CREATED_LUA)
-        self._deleted: AsyncScript = redis.register_script(DELETED_LUA)
+        self._calls = AutoPipeline(redis, LIBRARY, ack_replicas, ack_timeout_ms)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> Counters:
@@ -170,7 +190,14 @@ class Counters:
             settings.absent_ttl_seconds,
             settings.idempotency_ttl_seconds,
             settings.redis_timeout_seconds,
+            settings.redis_ack_replicas,
+            settings.redis_ack_timeout_ms,
         )
+
+    async def load(self) -> None:
+        """Load the function library (at start; a call that meets a Redis without it
+        loads it too)."""
+        await LIBRARY.load(self.redis)
 
     async def ping(self) -> None:
         """Raise unless Redis answers within REDIS_TIMEOUT_SECONDS (the readiness check)."""
@@ -206,26 +233,26 @@ class Counters:
             self._idem_s,
             "" if generation is None else generation,
         ]
-        return _result(await self._calls.run(self._increment, keys, args))
+        return _result(await self._calls.run(INCREMENT, keys, args))
 
     async def read(self, user_id: int) -> tuple[Outcome, int | None]:
         """The live value; on a MISS the value is the bucket's generation, as above."""
         keys = [*self._user_keys(user_id), self._generation(user_id)]
-        return _result(await self._calls.run(self._read, keys, ()))
+        return _result(await self._calls.run(READ, keys, ()))
 
     async def seed(self, user_id: int, value: int, generation: int) -> tuple[Outcome, int | None]:
         """Seed a value read from MySQL under `generation` (from a MISS before the read)."""
         keys = [*self._user_keys(user_id)[:2], self._generation(user_id)]
-        return _result(await self._calls.run(self._seed, keys, (value, self._idle_ms, generation)))
+        return _result(await self._calls.run(SEED, keys, (value, self._idle_ms, generation)))
 
     async def mark_absent(self, user_id: int, generation: int) -> tuple[Outcome, int | None]:
         keys = [*self._user_keys(user_id), self._generation(user_id)]
         args = (self._absent_ms, generation)
-        return _result(await self._calls.run(self._mark_absent, keys, args))
+        return _result(await self._calls.run(MARK_ABSENT, keys, args))
 
     async def created(self, user_id: int) -> None:
         keys = [*self._user_keys(user_id), self._generation(user_id)]
-        await self._calls.run(self._created, keys, (self._idle_ms,))
+        await self._calls.run(CREATED, keys, (self._idle_ms,))
 
     async def deleted(self, user_id: int) -> None:
         k = self.keys
@@ -237,7 +264,7 @@ class Counters:
             k.inflight_since(b),
             k.generation(b),
         ]
-        await self._calls.run(self._deleted, keys, (user_id, self._tombstone_s))
+        await self._calls.run(DELETED, keys, (user_id, self._tombstone_s))
 
 
 def _result(raw: Any) -> tuple[Outcome, int | None]:

@@ -1,11 +1,16 @@
-"""Auto-pipelining: the script calls that request handlers make in one event-loop tick go
-to Redis together, as one pipeline.
+"""Auto-pipelining: the function calls that request handlers make in one event-loop tick
+go to Redis together, as one pipeline.
 
 Under load many requests reach their Redis call in the same tick. One at a time, each
 checks a connection out of the pool, writes its command and waits for its own reply:
 a round trip and two syscalls per request. Batched, they share one checkout, one write
-and (mostly) one read. The commands and their order in Redis are the same; each script
+and (mostly) one read. The commands and their order in Redis are the same; each function
 still runs atomically; each caller gets its own reply or its own error.
+
+With `ack_replicas` N > 0 (REDIS_ACK_REPLICAS), a batch holding a write ends with
+`WAIT N timeout` on the same connection: its writes are answered only once N replicas
+have them, else they fail with `NotReplicated` ("may have counted"). One WAIT covers the
+whole batch, so durable acknowledgements cost one extra command per batch, not per call.
 
 One difference to weigh: when a connection drops mid-batch, every call of the batch
 fails (the API answers 503) although Redis may have run some of them, as a single call
@@ -20,31 +25,43 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import RedisError
+
+from counter_svc.functions import Function, Library, is_missing
 
 # Bounds the work (and the reply) of one pipeline; a larger batch becomes several.
 MAX_BATCH = 256
 
-_Call = tuple[AsyncScript, list[Any], "asyncio.Future[Any]"]
+_Call = tuple[Function, list[Any], "asyncio.Future[Any]"]
+
+
+class NotReplicated(RedisError):
+    """A write ran on the primary, but fewer replicas than REDIS_ACK_REPLICAS confirmed it
+    within REDIS_ACK_TIMEOUT_MS: a failover could still lose it."""
 
 
 class AutoPipeline:
-    """Runs `EVALSHA` calls, batching those made in the same loop tick into one pipeline."""
+    """Runs `FCALL`s of one library, batching those made in the same loop tick."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self, redis: Redis, library: Library, ack_replicas: int = 0, ack_timeout_ms: int = 100
+    ) -> None:
         self.redis = redis
+        self.library = library
+        self.ack_replicas = ack_replicas
+        self.ack_timeout_ms = ack_timeout_ms
         self._pending: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """The script's reply, as `script(keys=keys, args=args)` would return it."""
+    async def run(self, function: Function, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """The function's reply, as `FCALL` returns it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((script, [len(keys), *keys, *args], future))
+        argv = [self.library.qualified(function), len(keys), *keys, *args]
+        self._pending.append((function, argv, future))
         return await future
 
     def _flush(self) -> None:
@@ -66,10 +83,7 @@ class AutoPipeline:
 
     async def _deliver(self, batch: list[_Call]) -> None:
         try:
-            if len(batch) == 1:
-                replies = [await self._evalsha(batch[0][0], batch[0][1])]
-            else:
-                replies = await self._pipeline(batch)
+            replies = await self._execute(batch)
         except Exception as e:
             # The connection failed: no reply for anyone in the batch.
             for _, _, future in batch:
@@ -84,24 +98,52 @@ class AutoPipeline:
             else:
                 future.set_result(reply)
 
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, argv, _ in batch:
-                pipe.evalsha(script.sha, *argv)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        # A Redis that restarted (or flushed its scripts) answers NOSCRIPT without running
-        # the script: load it and run those calls again.
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                try:
-                    replies[i] = await self._evalsha(batch[i][0], batch[i][1])
-                except Exception as e:
-                    replies[i] = e
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        wait = self.ack_replicas > 0 and any(f.writes for f, _, _ in batch)
+        if len(batch) == 1 and not wait:
+            return [await self._single(batch[0][1])]
+        replies = await self._pipeline([argv for _, argv, _ in batch], wait)
+        if any(is_missing(r) for r in replies):
+            # Redis has no copy of the library (new, or restarted empty): none of those
+            # calls ran. Load it and send them again, with their own WAIT.
+            await self.library.load(self.redis)
+            again = [i for i, r in enumerate(replies) if is_missing(r)]
+            retried = await self._pipeline([batch[i][1] for i in again], wait)
+            for i, reply in zip(again, retried, strict=True):
+                replies[i] = reply
         return replies
 
-    async def _evalsha(self, script: AsyncScript, argv: list[Any]) -> Any:
+    async def _pipeline(self, calls: list[list[Any]], wait: bool) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for argv in calls:
+                pipe.fcall(*argv)
+            if wait:
+                pipe.wait(self.ack_replicas, self.ack_timeout_ms)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if wait:
+            confirmed = replies.pop()
+            if not isinstance(confirmed, int) or confirmed < self.ack_replicas:
+                error = NotReplicated(
+                    f"{confirmed} of {self.ack_replicas} replicas confirmed the write "
+                    f"within {self.ack_timeout_ms} ms"
+                )
+                # Reads of the batch keep their answers; writes may or may not survive.
+                replies = [
+                    error if argv and _writes(self.library, argv[0]) else reply
+                    for argv, reply in zip(calls, replies, strict=True)
+                ]
+        return replies
+
+    async def _single(self, argv: list[Any]) -> Any:
         try:
-            return await self.redis.evalsha(script.sha, *argv)
-        except NoScriptError:
-            script.sha = await self.redis.script_load(script.script)
-            return await self.redis.evalsha(script.sha, *argv)
+            return await self.redis.fcall(*argv)
+        except RedisError as e:
+            if not is_missing(e):
+                raise
+        await self.library.load(self.redis)
+        return await self.redis.fcall(*argv)
+
+
+def _writes(library: Library, qualified: str) -> bool:
+    function = library.functions.get(qualified.removeprefix(f"{library.name}_"))
+    return function is None or function.writes

@@ -138,6 +138,18 @@ def _networks(config: Config, key: str) -> tuple[IPNetwork, ...]:
         raise SettingsError(f"{key} must be IP addresses or CIDR ranges, comma-separated") from e
 
 
+def _addresses(config: Config, key: str) -> tuple[tuple[str, int], ...]:
+    """`host:port` items (`[v6]:port` for IPv6), comma-separated."""
+    found = []
+    for item in _items(config, key):
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{key} must be host:port items, comma-separated; got {item!r}")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 def _origins(config: Config) -> tuple[str, ...]:
     origins = _items(config, "CORS_ALLOW_ORIGINS")
     for origin in origins:
@@ -159,6 +171,13 @@ def _auth_tokens(config: Config) -> tuple[str, ...]:
             "from A-Z a-z 0-9 - . _ ~ + / =, one per line"
         )
     return tokens
+
+
+def _name(config: Config, key: str, default: str) -> str:
+    value = read(config, key, str, default).strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise SettingsError(f"{key} must be 1-64 letters, digits, '.', '_' or '-'")
+    return value
 
 
 def _tls_file(config: Config, key: str, url: str) -> str:
@@ -185,6 +204,14 @@ class Settings:
     redis_password: str = field(default="", repr=False)
     redis_pool_size: int = 64
     redis_timeout_seconds: float = 1.0
+    # Sentinel mode (docs/configuration.md#redis-modes): the data nodes are found through
+    # these; REDIS_URL's credentials, database and TLS still apply to them.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "usercounter"
+    redis_sentinel_password: str = field(default="", repr=False)
+    # Durable acknowledgements: a write is answered once this many replicas have it.
+    redis_ack_replicas: int = 0
+    redis_ack_timeout_ms: int = 100
     key_prefix: str = "uc"
     buckets: int = 64
     idle_ttl_seconds: int = 86_400
@@ -260,6 +287,15 @@ class Settings:
             redis_timeout_seconds=read_float(
                 c, "REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, 0.05, 300
             ),
+            redis_sentinels=_addresses(c, "REDIS_SENTINELS"),
+            redis_sentinel_master=_name(c, "REDIS_SENTINEL_MASTER", cls.redis_sentinel_master),
+            redis_sentinel_password=read_secret(
+                c, "REDIS_SENTINEL_PASSWORD", cls.redis_sentinel_password
+            ),
+            redis_ack_replicas=read_int(c, "REDIS_ACK_REPLICAS", cls.redis_ack_replicas, 0, 16),
+            redis_ack_timeout_ms=read_int(
+                c, "REDIS_ACK_TIMEOUT_MS", cls.redis_ack_timeout_ms, 1, 60_000
+            ),
             key_prefix=prefix,
             buckets=read_int(c, "COUNTER_BUCKETS", cls.buckets, 1, 16_384),
             # At least a minute: a counter must not expire (and be re-seeded from MySQL)
@@ -274,7 +310,7 @@ class Settings:
             idempotency_ttl_seconds=read_int(
                 c, "IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, 1, 30 * 86_400
             ),
-            host=read(c, "HOST", str, cls.host),  # noqa: S104
+            host=read(c, "HOST", str, cls.host),
             port=read_int(c, "PORT", cls.port, 1, 65535),
             web_concurrency=read_int(c, "WEB_CONCURRENCY", cls.web_concurrency, 1, 64),
             max_body_bytes=read_int(c, "MAX_BODY_BYTES", cls.max_body_bytes, 64, 1 << 20),
@@ -319,6 +355,14 @@ class Settings:
         }
         if self.redis_password:
             env["REDIS_PASSWORD"] = self.redis_password
+        if self.redis_sentinels:
+            env["REDIS_SENTINELS"] = ",".join(f"{h}:{p}" for h, p in self.redis_sentinels)
+            env["REDIS_SENTINEL_MASTER"] = self.redis_sentinel_master
+        if self.redis_sentinel_password:
+            env["REDIS_SENTINEL_PASSWORD"] = self.redis_sentinel_password
+        if self.redis_ack_replicas:
+            env["REDIS_ACK_REPLICAS"] = str(self.redis_ack_replicas)
+            env["REDIS_ACK_TIMEOUT_MS"] = str(self.redis_ack_timeout_ms)
         return env
 
     def safe_summary(self) -> dict[str, Any]:
@@ -329,6 +373,15 @@ class Settings:
             "mysql": f"{self.mysql_host}:{self.mysql_port}/{self.mysql_database}",
             "mysql_user": self.mysql_user,
             "redis": redis_where,
+            **(
+                {
+                    "redis_sentinels": [f"{h}:{p}" for h, p in self.redis_sentinels],
+                    "redis_sentinel_master": self.redis_sentinel_master,
+                }
+                if self.redis_sentinels
+                else {}
+            ),
+            "redis_ack_replicas": self.redis_ack_replicas,
             "key_prefix": self.key_prefix,
             "buckets": self.buckets,
         }

@@ -12,30 +12,43 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
+from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 
 # Bucket lease. KEYS: lease. ARGV: token, ms.
 # Renew and release act only while the lease is still ours: a worker that stalled past its
 # lease must not extend or drop a lease another worker has taken since.
-TAKE_LEASE_LUA = """#!lua flags=allow-oom
+TAKE_LEASE = Function(
+    "take_lease",
+    """
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-"""
+""",
+    ("allow-oom",),
+)
 
-RENEW_LEASE_LUA = """#!lua flags=allow-oom
+RENEW_LEASE = Function(
+    "renew_lease",
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-"""
+""",
+    ("allow-oom",),
+)
 
-RELEASE_LEASE_LUA = """#!lua flags=allow-oom
+RELEASE_LEASE = Function(
+    "release_lease",
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"""
+""",
+    ("allow-oom",),
+)
 
 # Worker claim. KEYS: dirty, inflight, inflight_since. ARGV: batch size, counter key
 # prefix of the bucket. A non-empty inflight (left by a crash or a slow peer) is returned as
@@ -44,7 +57,9 @@ return 0
 # `dirty`, that is the only record of how long MySQL has been behind for them. Every script
 # that can empty inflight deletes inflight_since with it.
 # Counter keys are built here from the bucket's hash tag, so they share the slot.
-CLAIM_LUA = """#!lua flags=allow-oom
+CLAIM = Function(
+    "claim",
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('HGETALL', KEYS[2])}
 end
@@ -70,14 +85,18 @@ for i = 1, #out, 1000 do
 end
 if since then redis.call('SET', KEYS[3], since) end
 return {0, out}
-"""
+""",
+    ("allow-oom",),
+)
 
 # Worker finish, after the MySQL commit. KEYS: inflight, dirty, inflight_since,
 # generation. ARGV: counter key prefix, idle ttl ms, then id, value pairs that were
 # committed. Each inflight entry is dropped only if it still holds the committed value (a
 # peer may have claimed anew); each counter gets the idle TTL only if nobody incremented
 # it since. A counter with a TTL may be evicted, so the generation moves when any got one.
-FINISH_LUA = """#!lua flags=allow-oom
+FINISH = Function(
+    "finish",
+    """
 local expired = 0
 for i = 3, #ARGV, 2 do
   local id, v = ARGV[i], ARGV[i + 1]
@@ -91,14 +110,18 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
 if expired > 0 then redis.call('INCR', KEYS[4]) end
 return expired
-"""
+""",
+    ("allow-oom",),
+)
 
 
 # Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
 # KEYS: dirty, inflight, inflight_since, generation, then counter, gone for each id.
 # ARGV: tombstone ttl s, then ids. The tombstone makes a racing cold increment answer 404
 # even if the API that deleted the row died before writing one.
-FORGET_LUA = """#!lua flags=allow-oom
+FORGET = Function(
+    "forget",
+    """
 for i = 2, #ARGV do
   local id = ARGV[i]
   redis.call('SET', KEYS[2 * i + 2], '1', 'EX', ARGV[1])
@@ -109,7 +132,13 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
 redis.call('INCR', KEYS[4])
 return #ARGV - 1
-"""
+""",
+    ("allow-oom",),
+)
+
+
+# The worker's functions, loaded as one library (counter_svc/functions.py).
+LIBRARY = Library("worker", (TAKE_LEASE, RENEW_LEASE, RELEASE_LEASE, CLAIM, FINISH, FORGET))
 
 
 @dataclass(frozen=True)
@@ -128,33 +157,28 @@ class Buckets:
         self.redis = redis
         self.keys = keys
         self.token = token
-        self._take: AsyncScript = redis.register_script(TAKE_LEASE_LUA)
-        self._renew: AsyncScript = redis.register_script(RENEW_LEASE_LUA)
-        self._release: AsyncScript = redis.register_script(RELEASE_LEASE_LUA)
-        self._claim: AsyncScript = redis.register_script(CLAIM_LUA)
-        self._finish: AsyncScript = redis.register_script(FINISH_LUA)
-        self._forget: AsyncScript = redis.register_script(FORGET_LUA)
 
     async def take_lease(self, bucket: int, ms: int) -> bool:
         """Take the bucket's lease, or take back one this token still holds."""
         lease = self.keys.lease(bucket)
-        if await self._take(keys=[lease], args=[self.token, ms]):
+        if await self._call(TAKE_LEASE, [lease], [self.token, ms]):
             return True
-        return bool(await self._renew(keys=[lease], args=[self.token, ms]))
+        return bool(await self._call(RENEW_LEASE, [lease], [self.token, ms]))
 
     async def renew_lease(self, bucket: int, ms: int) -> bool:
-        return bool(await self._renew(keys=[self.keys.lease(bucket)], args=[self.token, ms]))
+        return bool(await self._call(RENEW_LEASE, [self.keys.lease(bucket)], [self.token, ms]))
 
     async def release_lease(self, bucket: int) -> None:
-        await self._release(keys=[self.keys.lease(bucket)], args=[self.token])
+        await self._call(RELEASE_LEASE, [self.keys.lease(bucket)], [self.token])
 
     async def claim(self, bucket: int, batch_size: int) -> tuple[bool, list[bytes]]:
         """(leftover, [id, value, ...]): a batch moved from `dirty` to `inflight`, or the
         `inflight` a crashed or stalled drain left behind."""
         k = self.keys
-        leftover, flat = await self._claim(
-            keys=[k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)],
-            args=[batch_size, k.counter_prefix(bucket)],
+        leftover, flat = await self._call(
+            CLAIM,
+            [k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)],
+            [batch_size, k.counter_prefix(bucket)],
         )
         return bool(leftover), list(flat)
 
@@ -163,9 +187,7 @@ class Buckets:
         that got their idle TTL."""
         k = self.keys
         keys = [k.inflight(bucket), k.dirty(bucket), k.inflight_since(bucket), k.generation(bucket)]
-        expired: int = await self._finish(
-            keys=keys, args=[k.counter_prefix(bucket), idle_ms, *done]
-        )
+        expired: int = await self._call(FINISH, keys, [k.counter_prefix(bucket), idle_ms, *done])
         return expired
 
     async def forget(self, bucket: int, tombstone_s: int, ids: list[int]) -> None:
@@ -174,7 +196,15 @@ class Buckets:
         keys = [k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket), k.generation(bucket)]
         for user_id in ids:
             keys += [k.counter(user_id), k.gone(user_id)]
-        await self._forget(keys=keys, args=[tombstone_s, *ids])
+        await self._call(FORGET, keys, [tombstone_s, *ids])
+
+    async def load(self) -> None:
+        """Load the function library (at start; a call that meets a Redis without it
+        loads it too)."""
+        await LIBRARY.load(self.redis)
+
+    async def _call(self, function: Function, keys: list[Any], args: list[Any]) -> Any:
+        return await LIBRARY.call(self.redis, function, keys, args)
 
     async def backlog(self) -> Backlog:
         """One pipelined round trip over every bucket. A claimed batch counts from

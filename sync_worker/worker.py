@@ -161,6 +161,10 @@ class Worker:
             next_run_time=datetime.now(UTC),
             misfire_grace_time=None,
         )
+        try:
+            await self.drainer.buckets.load()  # else the first call loads it
+        except RedisError as e:
+            log.warning("redis_functions_not_loaded", error=str(e))
         scheduler.start()
         log.info("started", **self.settings.base.safe_summary(), token=self.drainer.token)
         await self._stop.wait()

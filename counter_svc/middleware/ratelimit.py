@@ -14,11 +14,11 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import structlog
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from counter_svc.connections import REDIS_ERRORS
 from counter_svc.errors import error_response
+from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 from counter_svc.metrics import Metrics
 from counter_svc.middleware.rejections import refuse
@@ -33,7 +33,9 @@ _SCOPE_PATH = "/api/"  # probes, /metrics and /openapi.json are never limited
 # at most `limit` at once. KEYS: the client's key. ARGV: ms per request, limit.
 # The key holds the "theoretical arrival time" of the next request. Redis' clock serves
 # every replica alike. Returns {allowed 1/0, remaining, ms until full, ms until allowed}.
-RATE_LIMIT_LUA = """
+RATE_LIMIT = Function(
+    "rate_limit",
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])
@@ -47,7 +49,9 @@ end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
 return {1, math.floor((now - allow_at) / interval), math.ceil(tat - now), 0}
-"""
+""",
+)
+LIBRARY = Library("ratelimit", (RATE_LIMIT,))
 
 
 def client_address(
@@ -113,7 +117,6 @@ class RateLimit:
         self.keys = keys
         self.metrics = metrics
         self.interval_ms = PERIOD_SECONDS * 1000 / per_minute
-        self._script: AsyncScript | None = None
         self._policy = f"{per_minute};w={PERIOD_SECONDS}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,11 +158,9 @@ class RateLimit:
         forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
         who = client_address(client[0] if client else None, forwarded, self.trusted)
         redis: Redis = scope["app"].state.store.counters.redis
-        if self._script is None:
-            self._script = redis.register_script(RATE_LIMIT_LUA)
         try:
-            raw = await self._script(
-                keys=[self.keys.rate_limit(who)], args=[self.interval_ms, self.limit], client=redis
+            raw = await LIBRARY.call(
+                redis, RATE_LIMIT, [self.keys.rate_limit(who)], [self.interval_ms, self.limit]
             )
         except REDIS_ERRORS as e:
             self.metrics.redis_errors.inc()

@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from counter_svc.connections import open_redis
 from counter_svc.counters import Counters, Outcome
+from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 from counter_svc.pipelining import AutoPipeline
 from counter_svc.serving import FLUSH_BYTES, CoalescingTransport
@@ -82,9 +83,9 @@ async def test_concurrent_increments_share_one_pipeline(
     batches: list[int] = []
     original = AutoPipeline._pipeline
 
-    async def spy(self: AutoPipeline, batch: list[Any]) -> list[Any]:
-        batches.append(len(batch))
-        return await original(self, batch)
+    async def spy(self: AutoPipeline, calls: list[list[Any]], wait: bool) -> list[Any]:
+        batches.append(len(calls))
+        return await original(self, calls, wait)
 
     monkeypatch.setattr(AutoPipeline, "_pipeline", spy)
     counters = counters_for(settings, redis)
@@ -107,15 +108,23 @@ async def test_an_error_in_a_batch_is_only_its_callers(settings: Settings, redis
     assert isinstance(bad, ResponseError)
 
 
-async def test_a_script_unknown_to_redis_is_loaded_and_run(redis: Redis) -> None:
-    """NOSCRIPT (Redis restarted, scripts flushed) loads the script and runs the call."""
-    pipe = AutoPipeline(redis)
-    script = redis.register_script(f"return tonumber(ARGV[1]) -- {secrets.token_hex(8)}")
-    single = await pipe.run(script, [], [5])
-    script.sha = "0" * 40  # as if Redis had forgotten it
-    batch = await asyncio.gather(*(pipe.run(script, [], [i]) for i in range(3)))
-    assert single == 5
-    assert batch == [0, 1, 2]
+async def test_a_function_unknown_to_redis_is_loaded_and_run(redis: Redis) -> None:
+    """ "Function not found" (a new primary without the library, a Redis restarted empty)
+    loads the library and runs the calls, alone or batched; nothing runs twice."""
+    echo = Function("echo", "redis.call('INCR', KEYS[1])\nreturn tonumber(ARGV[1])")
+    library = Library(f"test{secrets.token_hex(4)}", [echo])
+    pipe = AutoPipeline(redis, library)
+    key = f"uctest:{{{secrets.token_hex(4)}}}:runs"
+    try:
+        single = await pipe.run(echo, [key], [5])
+        await redis.function_delete(library.name)  # as if Redis had forgotten it
+        batch = await asyncio.gather(*(pipe.run(echo, [key], [i]) for i in range(3)))
+        assert single == 5
+        assert batch == [0, 1, 2]
+        assert int(await redis.get(key) or 0) == 4  # each call ran exactly once
+    finally:
+        await redis.delete(key)
+        await redis.function_delete(library.name)
 
 
 async def test_a_lost_connection_fails_every_call_of_the_batch(settings: Settings) -> None:

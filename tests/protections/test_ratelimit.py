@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from counter_svc.keys import Keys
-from counter_svc.middleware.ratelimit import RATE_LIMIT_LUA, client_address
+from counter_svc.middleware.ratelimit import LIBRARY, RATE_LIMIT, client_address
 from counter_svc.settings import Settings
 from tests.faults import free_port
 from tests.helpers import create_user, running_app
@@ -115,11 +115,11 @@ async def test_a_redis_failure_lets_requests_through(settings: Settings) -> None
 async def test_the_budget_refills_over_time(redis: Redis, settings: Settings) -> None:
     """The script lets `limit` through at once, then one per interval: after one interval
     exactly one more request passes."""
-    script = redis.register_script(RATE_LIMIT_LUA)
     key = Keys.from_settings(settings).rate_limit("198.51.100.1")
 
     async def charge() -> list[int]:
-        return [int(x) for x in await script(keys=[key], args=[100, 2])]  # 2 per 200 ms
+        reply = await LIBRARY.call(redis, RATE_LIMIT, [key], [100, 2])  # 2 per 200 ms
+        return [int(x) for x in reply]
 
     assert [(await charge())[0] for _ in range(3)] == [1, 1, 0]
     allowed, _, _, retry_ms = await charge()

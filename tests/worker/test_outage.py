@@ -259,6 +259,8 @@ async def test_a_full_redis_still_drains_and_then_counts_again(
     make room, so increments work again without anyone stepping in."""
     async with capped_redis(tmp_path, settings, "3mb") as (own, client):
         counters = counters_of(client, own)
+        drainer = Drainer(client, mysql, keys_of(own))
+        await drainer.buckets.load()  # as a running worker did at start, before Redis filled
         ids = await add_users(mysql, 30_000)
         acked: dict[int, int] = {}
         for user_id in ids:
@@ -270,7 +272,6 @@ async def test_a_full_redis_still_drains_and_then_counts_again(
         else:
             pytest.fail("Redis never reached maxmemory")
         refused_at = user_id
-        drainer = Drainer(client, mysql, keys_of(own))
         assert await drainer.drain_all(4) == []
         synced = await mysql_counters(mysql)
         again = await counters.increment(refused_at, seed=0)
