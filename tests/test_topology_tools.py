@@ -1,5 +1,5 @@
 """The replicated-Redis helpers themselves (tests/topology.py), against real servers and
-the redis-py clients the service would use for them."""
+the redis-py clients the service would use for them: Sentinel and Cluster."""
 
 from __future__ import annotations
 
@@ -13,13 +13,21 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from tests.topology import sentinel_topology
+from tests.topology import (
+    CLUSTER_SLOTS,
+    RedisNode,
+    parse_cluster_nodes,
+    redis_cluster,
+    sentinel_topology,
+)
 
 PASSWORD = "data-secret"
 SENTINEL_PASSWORD = "sentinel-secret"
@@ -218,3 +226,115 @@ async def test_stalled_replication_holds_wait_and_min_replicas_refuses_writes(
             await _eventually(accepted_write, 5)
         finally:
             await client.aclose()
+
+
+def _key_per_slot() -> list[str]:
+    keys: dict[int, str] = {}
+    i = 0
+    while len(keys) < CLUSTER_SLOTS:
+        key = f"k{i}"
+        keys.setdefault(key_slot(key.encode()), key)
+        i += 1
+    return [keys[s] for s in range(CLUSTER_SLOTS)]
+
+
+def _cluster_client(seeds: list[tuple[str, int]], **kwargs: Any) -> RedisCluster:
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **TIMEOUTS, **kwargs)
+
+
+@pytest.mark.slow
+async def test_cluster_serves_every_slot_and_a_reshard_moves_slots(tmp_path: Path) -> None:
+    """Six nodes, three primaries: a key in each of the 16384 slots is written and read
+    back; `reshard` moves 100 slots, with their keys, to another primary, and the client
+    (its slot map now stale) still reads every key."""
+    keys = _key_per_slot()
+    with redis_cluster(tmp_path) as cluster:
+        primaries = cluster.primaries()
+        assert len(primaries) == 3
+        assert len(cluster.nodes) == 6
+        assert sum(p.slot_count for p in primaries) == CLUSTER_SLOTS
+        assert all(len(cluster.replicas_of(p.address)) == 1 for p in primaries)
+        client = _cluster_client(cluster.seeds, retry=_no_retry())
+        try:
+            await client.mset_nonatomic({k: k for k in keys})
+            sizes = [_dbsize(cluster.node(p.address)) for p in primaries]
+            assert sum(sizes) == CLUSTER_SLOTS
+            assert all(s > 5000 for s in sizes)
+
+            source, target = primaries[0], primaries[1]
+            cluster.reshard(source.address, target.address, 100)
+            after = {p.address: p.slot_count for p in cluster.primaries()}
+            assert after[source.address] == source.slot_count - 100
+            assert after[target.address] == target.slot_count + 100
+            assert await client.mget_nonatomic(keys) == [k.encode() for k in keys]
+        finally:
+            await client.aclose()
+
+
+def _dbsize(node: RedisNode) -> int:
+    client = node.client()
+    try:
+        return int(client.dbsize())
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+async def test_cluster_promotes_the_replica_of_a_killed_primary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a password: SIGKILL a primary, its replica takes its slots; a client without
+    retries fails fast meanwhile and then writes to the promoted replica; one with
+    redis-py's default retries fails too (its retries do not wait for the failover)."""
+    with redis_cluster(tmp_path, password=PASSWORD) as cluster:
+        victim = cluster.primaries()[0]
+        (heir,) = cluster.replicas_of(victim.address)
+        start = victim.slots[0][0]
+        key = _key_per_slot()[start]
+        no_retry = _cluster_client(cluster.seeds, password=PASSWORD, retry=_no_retry())
+        default = _cluster_client(cluster.seeds, password=PASSWORD)
+        try:
+            await no_retry.set(key, 0)
+            probes = [Probe(lambda: no_retry.incr(key)), Probe(lambda: default.incr(key))]
+            tasks = [asyncio.create_task(p.run()) for p in probes]
+            await asyncio.sleep(0.2)
+            old = cluster.kill(victim.address)
+            seconds = await asyncio.to_thread(cluster.wait_for_failover, old, 15)
+            await asyncio.sleep(0.3)
+            for p in probes:
+                p.stop()
+            await asyncio.gather(*tasks)
+            with capsys.disabled():
+                print(
+                    f"\n[cluster, kill -9 primary] replica promoted {seconds:.2f} s after the kill"
+                )
+                print(f"[cluster, retry=0 client during the failover]\n{probes[0].lines()}")
+                print(f"[cluster, default-retry client during the failover]\n{probes[1].lines()}")
+            promoted = {p.address: p for p in cluster.primaries()}
+            assert old not in promoted
+            assert promoted[heir.address].slots == victim.slots
+            assert seconds < 10
+            for p in probes:
+                assert p.errors
+                assert p.outcomes[-1][2] == "ok"
+                assert all(isinstance(e, RedisConnectionError) for e in p.errors)
+            assert int(await no_retry.get(key) or 0) > 0
+        finally:
+            await no_retry.aclose()
+            await default.aclose()
+
+
+def test_cluster_nodes_lines_are_parsed() -> None:
+    """CLUSTER NODES: flags, a replica's primary, slot ranges; migrating slots skipped."""
+    text = (
+        "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 5462 [5463->-b2]\n"
+        "b2 127.0.0.1:7001@17001,host master,fail - 0 0 2 disconnected 5461\n"
+        "c3 127.0.0.1:7002@17002 slave a1 0 0 1 connected\n"
+    )
+    a, b, c = parse_cluster_nodes(text)
+    assert (a.id, a.address, a.primary, a.failed) == ("a1", ("127.0.0.1", 7000), True, False)
+    assert a.slots == ((0, 5460), (5462, 5462))
+    assert a.slot_count == 5462
+    assert b.failed
+    assert b.slots == ((5461, 5461),)
+    assert (c.primary, c.primary_id, c.slots) == (False, "a1", ())

@@ -1,18 +1,21 @@
-"""Replicated Redis for tests: a Sentinel-managed primary with replicas.
+"""Replicated Redis for tests: a Sentinel-managed primary with replicas, and a Cluster.
 
-`sentinel_topology` starts one primary, two replicas and three Sentinels: private
+`sentinel_topology` starts one primary, two replicas and three Sentinels; `redis_cluster`
+starts six cluster nodes (three primaries, each with a replica). Both are private
 `redis-server` processes on free ports of 127.0.0.1, in a directory of the test, stopped
 on exit; they build on `tests/faults.py` (`PrivateRedis`, `FaultProxy`, `wait_until`).
-A test may SIGKILL the primary and wait for the failover, or stall the replication links
-through a `FaultProxy`. Every wait is bounded in time. The helpers are synchronous; from
-an async test, run the long waits in `asyncio.to_thread` so that the test's own clients
-keep running meanwhile.
+A test may SIGKILL a primary and wait for the failover, stall the replication links of a
+Sentinel topology through a `FaultProxy`, or move slots between cluster primaries. Every
+wait is bounded in time. The helpers are synchronous; from an async test, run the long
+waits in `asyncio.to_thread` so that the test's own clients keep running meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from redis.retry import Retry
 from tests.faults import LOCALHOST, FaultProxy, PrivateRedis, free_port, wait_until
 
 Address = tuple[str, int]
+CLUSTER_SLOTS = 16384
 
 
 def _client(address: Address, password: str | None, timeout: float = 1.0) -> sync_redis.Redis:
@@ -43,7 +47,7 @@ def _client(address: Address, password: str | None, timeout: float = 1.0) -> syn
 
 def _call(address: Address, password: str | None, *args: Any, raw: bool = False) -> Any:
     """One command on a fresh connection; with `raw`, the reply as the server sent it
-    (redis-py parses some replies into its own shapes)."""
+    (redis-py parses some, e.g. CLUSTER NODES, into its own shapes)."""
     client = _client(address, password)
     if raw:
         client.response_callbacks.clear()
@@ -409,4 +413,261 @@ def sentinel_topology(
         for p in proxies:
             p.close()
         for node in reversed(started):
+            node.stop()
+
+
+@dataclass(frozen=True)
+class ClusterNodeInfo:
+    """One line of CLUSTER NODES."""
+
+    id: str
+    address: Address
+    primary: bool
+    primary_id: str | None  # a replica's primary
+    slots: tuple[tuple[int, int], ...]  # inclusive ranges
+    failed: bool  # flagged fail (or fail?, as the asked node sees it)
+
+    @property
+    def slot_count(self) -> int:
+        return sum(end - start + 1 for start, end in self.slots)
+
+
+def parse_cluster_nodes(text: str) -> list[ClusterNodeInfo]:
+    """The lines of a CLUSTER NODES reply (slots being migrated or imported left out)."""
+    nodes = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split()
+        node_id, addr, flags_text, master = parts[:4]
+        host, _, rest = addr.partition(":")
+        port = int(rest.split("@")[0])
+        flags = set(flags_text.split(","))
+        slots = []
+        for item in parts[8:]:
+            if item.startswith("["):  # a slot being imported or migrated
+                continue
+            start, _, end = item.partition("-")
+            slots.append((int(start), int(end or start)))
+        nodes.append(
+            ClusterNodeInfo(
+                id=node_id,
+                address=(host, port),
+                primary="master" in flags,
+                primary_id=None if master == "-" else master,
+                slots=tuple(slots),
+                failed=bool(flags & {"fail", "fail?"}),
+            )
+        )
+    return nodes
+
+
+@dataclass
+class RedisClusterTopology:
+    """Six (or more) cluster nodes; see `redis_cluster`."""
+
+    nodes: list[RedisNode]
+    password: str | None
+    _killed_at: dict[Address, float] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[Address]:
+        """The addresses of every node that runs, to seed a cluster client."""
+        return [n.address for n in self.nodes if n.alive]
+
+    def node(self, address: Address) -> RedisNode:
+        """The node listening on `address`."""
+        for n in self.nodes:
+            if n.address == address:
+                return n
+        raise KeyError(f"no cluster node at {address}")
+
+    def cluster_nodes(self, asked: RedisNode | None = None) -> list[ClusterNodeInfo]:
+        """CLUSTER NODES as `asked` (default: the first running node) sees the cluster."""
+        asked = asked or next(n for n in self.nodes if n.alive)
+        return parse_cluster_nodes(_call(asked.address, self.password, "CLUSTER NODES", raw=True))
+
+    def primaries(self) -> list[ClusterNodeInfo]:
+        """The primaries that serve slots and are not flagged failed, by address."""
+        return sorted(
+            (n for n in self.cluster_nodes() if n.primary and n.slots and not n.failed),
+            key=lambda n: n.address,
+        )
+
+    def replicas_of(self, primary: Address) -> list[ClusterNodeInfo]:
+        """The replicas of the primary at `primary` that are not flagged failed."""
+        nodes = self.cluster_nodes()
+        (p,) = [n for n in nodes if n.address == primary]
+        return [n for n in nodes if n.primary_id == p.id and not n.failed]
+
+    def state(self, node: RedisNode) -> str:
+        """cluster_state of CLUSTER INFO on `node`: ok or fail."""
+        info: str = _call(node.address, self.password, "CLUSTER INFO", raw=True)
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        return fields["cluster_state"].strip()
+
+    def wait_ok(self, timeout: float = 20) -> None:
+        """Wait until every running node says cluster_state:ok, sees every other node,
+        sees all slots served by primaries it does not flag failed, and every
+        replica's link to its primary is up."""
+        running = [n for n in self.nodes if n.alive]
+
+        def ok() -> bool:
+            for n in running:
+                if self.state(n) != "ok":
+                    return False
+                nodes = self.cluster_nodes(n)
+                if len(nodes) != len(self.nodes):
+                    return False
+                served = sum(x.slot_count for x in nodes if x.primary and not x.failed)
+                if served != CLUSTER_SLOTS:
+                    return False
+                info = _info(n.address, self.password, "replication")
+                if info["role"] == "slave" and info["master_link_status"] != "up":
+                    return False
+            return True
+
+        wait_until(ok, timeout, "cluster_state:ok on every node", step=0.1)
+
+    def kill(self, node: RedisNode | Address) -> Address:
+        """SIGKILL a node; returns its address."""
+        target = node if isinstance(node, RedisNode) else self.node(node)
+        target.kill()
+        self._killed_at[target.address] = time.monotonic()
+        return target.address
+
+    def restart(self, node: RedisNode, timeout: float = 10) -> None:
+        """SIGKILL `node` if it runs and start it again from its files (nodes.conf keeps
+        its identity: a killed primary that was failed over rejoins as a replica)."""
+        node.restart(timeout)
+
+    def wait_for_failover(self, old: Address, timeout: float = 15) -> float:
+        """Wait until no running node counts `old` as a serving primary any more, each
+        says cluster_state:ok and sees all slots served (so `old`'s replica took its
+        slots). Returns the seconds since `kill` killed `old` (or, when it did not, since
+        this call)."""
+        start = self._killed_at.get(old, time.monotonic())
+        running = [n for n in self.nodes if n.alive]
+
+        def promoted() -> bool:
+            for n in running:
+                if self.state(n) != "ok":
+                    return False
+                nodes = self.cluster_nodes(n)
+                live = [x for x in nodes if x.primary and not x.failed]
+                if any(x.address == old for x in live):
+                    return False
+                if sum(x.slot_count for x in live) != CLUSTER_SLOTS:
+                    return False
+            return True
+
+        wait_until(promoted, timeout, f"cluster failover away from {old}", step=0.1)
+        return time.monotonic() - start
+
+    def redis_cli(self, *args: str, timeout: float = 60) -> str:
+        """Run `redis-cli` (the password through REDISCLI_AUTH); returns its output."""
+        binary = shutil.which("redis-cli") or "redis-cli"
+        env = dict(os.environ)
+        if self.password:
+            env["REDISCLI_AUTH"] = self.password
+        done = subprocess.run(
+            [binary, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli {' '.join(args)} exited with {done.returncode}:\n"
+                f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+        return done.stdout
+
+    def reshard(self, source: Address, target: Address, slots: int, timeout: float = 60) -> None:
+        """Move `slots` slots (and their keys) from primary `source` to primary `target`
+        with `redis-cli --cluster reshard`, then wait until every running node agrees."""
+        nodes = {n.address: n for n in self.cluster_nodes()}
+        src, dst = nodes[source], nodes[target]
+        deadline = time.monotonic() + timeout
+        seed = f"{LOCALHOST}:{next(n for n in self.nodes if n.alive).port}"
+        self.redis_cli(
+            "--cluster",
+            "reshard",
+            seed,
+            "--cluster-from",
+            src.id,
+            "--cluster-to",
+            dst.id,
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            timeout=timeout,
+        )
+        want = {src.id: src.slot_count - slots, dst.id: dst.slot_count + slots}
+
+        def agreed() -> bool:
+            for n in self.nodes:
+                if not n.alive:
+                    continue
+                counts = {x.id: x.slot_count for x in self.cluster_nodes(n)}
+                if any(counts.get(i) != c for i, c in want.items()):
+                    return False
+            return True
+
+        wait_until(agreed, max(deadline - time.monotonic(), 1), "slots moved on every node")
+
+
+@contextlib.contextmanager
+def redis_cluster(
+    tmp_path: Path,
+    *,
+    primaries: int = 3,
+    replicas_per_primary: int = 1,
+    appendonly: bool = False,
+    password: str | None = None,
+    node_timeout_ms: int = 1000,
+    timeout: float = 30,
+) -> Iterator[RedisClusterTopology]:
+    """A Redis Cluster of `primaries` primaries with `replicas_per_primary` replicas each
+    (6 nodes by default), created with `redis-cli --cluster create` and ok on every node
+    before the body starts; stopped on exit. `password` is every node's requirepass and
+    masterauth."""
+    root = tmp_path / f"cluster-{free_port()}"
+    count = primaries * (1 + replicas_per_primary)
+    nodes: list[RedisNode] = []
+    try:
+        for i in range(count):
+            directory = root / f"node{i + 1}"
+            args = (
+                *_data_args(password, 0, 0),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(directory / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                # The bus port is port + 10000 unless set: a free port of its own instead.
+                "--cluster-port",
+                str(free_port()),
+            )
+            node = RedisNode(directory, appendonly, args, password, f"node{i + 1}")
+            nodes.append(node)
+            node.start()
+        cluster = RedisClusterTopology(nodes, password)
+        cluster.redis_cli(
+            "--cluster",
+            "create",
+            *(f"{LOCALHOST}:{n.port}" for n in nodes),
+            "--cluster-replicas",
+            str(replicas_per_primary),
+            "--cluster-yes",
+            timeout=timeout,
+        )
+        cluster.wait_ok(timeout)
+        yield cluster
+    finally:
+        for node in nodes:
             node.stop()
