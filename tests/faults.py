@@ -64,7 +64,8 @@ class FaultProxy:
     `block()` closes every live connection and drops new ones at once (the client sees a
     reset, as when a server dies); `block(hang=True)` accepts new connections but never
     answers (as when a network partition swallows packets), so clients hit their timeouts.
-    `restore()` lets traffic through again.
+    `restore()` lets traffic through again. `pause()` keeps every connection open but
+    holds its bytes, either way, until `resume()` (as when a link stalls without dropping).
     """
 
     def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
@@ -81,6 +82,8 @@ class FaultProxy:
         self._blocked = False
         self._hang = False
         self._delay = 0.0
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
         self.connections = 0  # accepted and passed through, for tests that want to know
@@ -118,6 +121,18 @@ class FaultProxy:
         """Hold every chunk of data, either way, this long before passing it on (0: none)."""
         self._delay = seconds
 
+    @property
+    def paused(self) -> bool:
+        return not self._flowing.is_set()
+
+    def pause(self) -> None:
+        """Hold every byte, either way, on live and new connections; none is dropped."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Pass on what `pause` held, in order, and let traffic flow again."""
+        self._flowing.set()
+
     def restore(self) -> None:
         """Let new connections through again (connections cut by `block` stay cut)."""
         with self._lock:
@@ -135,6 +150,7 @@ class FaultProxy:
         _close(self._listener)
         self.block()
         self.restore()
+        self.resume()
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -183,6 +199,8 @@ class FaultProxy:
                     break
                 if self._delay:
                     time.sleep(self._delay)
+                # A paused proxy holds the chunk here; TCP holds back the rest.
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import asyncmy
@@ -44,6 +45,26 @@ def test_proxy_hang_makes_clients_time_out() -> None:
                 client.ping()
         finally:
             client.close()
+
+
+def test_proxy_pause_holds_bytes_on_an_open_connection_until_resume() -> None:
+    """Paused, a request gets no answer but its connection stays open; resumed, the held
+    request goes through and its answer arrives on the same connection."""
+    with (
+        FaultProxy("127.0.0.1", 6379) as proxy,
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as conn,
+    ):
+        conn.sendall(b"PING\r\n")
+        assert conn.recv(64) == b"+PONG\r\n"
+        proxy.pause()
+        conn.sendall(b"ECHO held\r\n")
+        conn.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            conn.recv(64)
+        proxy.resume()
+        conn.settimeout(2)
+        assert conn.recv(64) == b"$4\r\nheld\r\n"
+        assert proxy.connections == 1
 
 
 @pytest.mark.slow
