@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncmy
 import structlog
 from asyncmy.pool import Pool
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -69,21 +72,91 @@ def redis_tls_options(settings: Settings) -> dict[str, str]:
 
 def open_redis(settings: Settings) -> Redis:
     """A Redis client on a blocking pool: under load callers wait for a connection
-    (bounded by the timeout) instead of failing with 'too many connections'."""
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_pool_size,
-        timeout=settings.redis_timeout_seconds,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        health_check_interval=30,
+    (bounded by the timeout) instead of failing with 'too many connections'. With
+    REDIS_SENTINELS the pool asks the Sentinels where the primary is, and follows it."""
+    options: dict[str, Any] = {
+        "max_connections": settings.redis_pool_size,
+        "timeout": settings.redis_timeout_seconds,
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "health_check_interval": 30,
         # No automatic retries: a retried INCR whose first reply was lost counts twice.
         # Clients that need safe retries send an Idempotency-Key.
-        retry=Retry(NoBackoff(), retries=0),
+        "retry": Retry(NoBackoff(), retries=0),
         **({"password": settings.redis_password} if settings.redis_password else {}),
         **redis_tls_options(settings),
-    )
+    }
+    if settings.redis_sentinels:
+        return _sentinel_primary(settings, options)
+    pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+class FollowedPrimary(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool, blocking like the single-server one, and recording where the
+    primary is and when it last moved (`/readyz`, the metrics)."""
+
+    address: tuple[str, int] | None = None
+    failovers = 0
+    last_failover: float | None = None  # Unix time
+
+    async def get_master_address(self) -> Any:
+        address = await super().get_master_address()  # type: ignore[no-untyped-call]
+        if address != self.address:
+            if self.address is not None:
+                self.failovers += 1
+                self.last_failover = time.time()
+                log.warning("redis_primary_moved", old=_where(self.address), new=_where(address))
+            self.address = address
+        return address
+
+
+def _sentinel_primary(settings: Settings, options: dict[str, Any]) -> Redis:
+    # REDIS_URL still names the data nodes' user, password and database; its host is
+    # not used. TLS applies to the data nodes and to the Sentinels alike.
+    url = parse_url(settings.redis_url)
+    for key in ("username", "password", "db"):
+        if url.get(key) is not None and key not in options:
+            options[key] = url[key]
+    tls = settings.redis_url.startswith("rediss://")
+    if tls:
+        options["ssl"] = True  # picks the TLS flavour of Sentinel's connection class
+    secret = settings.redis_sentinel_password
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        # A Sentinel that is down is skipped at once, not retried ten times.
+        "retry": Retry(NoBackoff(), retries=0),
+        **({"password": secret} if secret else {}),
+        **({"ssl": True, **redis_tls_options(settings)} if tls else {}),
+    }
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(settings.redis_sentinels), sentinel_kwargs=sentinel_options
+    )
+    client: Redis = sentinel.master_for(
+        settings.redis_sentinel_master,
+        redis_class=Redis,
+        connection_pool_class=FollowedPrimary,
+        **options,
+    )
+    return client
+
+
+def _where(address: tuple[str, int] | None) -> str:
+    return "" if address is None else f"{address[0]}:{address[1]}"
+
+
+def primary_of(redis: Redis) -> dict[str, Any] | None:
+    """Where a Sentinel-followed client's primary is and when it last moved; None for a
+    single server."""
+    pool = redis.connection_pool
+    if not isinstance(pool, FollowedPrimary):
+        return None
+    return {
+        "primary": _where(pool.address),
+        "failovers": pool.failovers,
+        "last_failover": pool.last_failover,
+    }
 
 
 # Every Redis failure is "unavailable" to a client: down, slow, out of memory (OOM), a

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from counter_svc.connections import primary_of
 from counter_svc.settings import Settings
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -93,6 +94,23 @@ class BackendGauges:
             "Redis maxmemory at the last scrape (0: no limit).",
             registry=r,
         )
+        # Sentinel mode only: where the primary is, and failovers seen by this process.
+        self.redis_primary = Gauge(
+            "usercounter_redis_primary",
+            "1 for the Redis primary this process writes to (Sentinel mode).",
+            ["address"],
+            registry=r,
+        )
+        self.redis_failovers = Gauge(
+            "usercounter_redis_failovers_seen",
+            "Primary changes this process has followed since it started (Sentinel mode).",
+            registry=r,
+        )
+        self.redis_last_failover = Gauge(
+            "usercounter_redis_last_failover_timestamp_seconds",
+            "When this process last found a new primary, Unix time (0: never).",
+            registry=r,
+        )
         for backend in BACKENDS:
             self.up.labels(backend).set(0)
         self.mysql_timeout = settings.mysql_timeout_seconds
@@ -116,3 +134,9 @@ class BackendGauges:
         self.up.labels("redis").set(1)
         self.redis_used.set(int(redis_result.get("used_memory", 0)))
         self.redis_max.set(int(redis_result.get("maxmemory", 0)))
+        followed = primary_of(store.counters.redis)
+        if followed is not None:
+            self.redis_primary.clear()
+            self.redis_primary.labels(followed["primary"]).set(1)
+            self.redis_failovers.set(followed["failovers"])
+            self.redis_last_failover.set(followed["last_failover"] or 0)

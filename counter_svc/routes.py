@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import unicodedata
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from counter_svc.connections import primary_of
 from counter_svc.errors import (
     InvalidIdempotencyKey,
     InvalidRequest,
@@ -184,14 +186,33 @@ async def readyz(request: Request) -> Response:
         name: "ok" if not isinstance(r, BaseException) else "unavailable"
         for name, r in zip(("mysql", "redis"), results, strict=True)
     }
+    # Sentinel mode: which node is primary and when this process last saw it move.
+    followed = primary_of(store.counters.redis)
+    extra = {} if followed is None else {"redis": _followed_json(followed)}
     if checks["redis"] == "ok":
         status = "ready" if checks["mysql"] == "ok" else "degraded"
-        return json_response(200, {"status": status, "checks": checks})
+        return json_response(200, {"status": status, "checks": checks, **extra})
     return json_response(
         503,
-        {"error": "not_ready", "message": "a backing store is unavailable", "checks": checks},
+        {
+            "error": "not_ready",
+            "message": "a backing store is unavailable",
+            "checks": checks,
+            **extra,
+        },
         {"Retry-After": "1"},
     )
+
+
+def _followed_json(followed: dict[str, Any]) -> dict[str, Any]:
+    last = followed["last_failover"]
+    return {
+        "primary": followed["primary"] or None,
+        "failovers": followed["failovers"],
+        "last_failover": None
+        if last is None
+        else datetime.fromtimestamp(last, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 async def metrics(request: Request) -> Response:
