@@ -108,17 +108,13 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_matches_the_compose_specification() -> None:
-    """compose.yaml validates against the Compose specification schema check-jsonschema ships."""
+@pytest.mark.parametrize("path", ["compose.yaml", "compose.sentinel.yaml"])
+def test_compose_matches_the_compose_specification(path: str) -> None:
+    """compose.yaml (its `sentinel` profile included) and the override that points the app
+    at that profile validate against the Compose specification schema check-jsonschema
+    ships."""
     result = run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            "compose.yaml",
-        ]
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", path]
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
