@@ -712,3 +712,57 @@ def test_scripts_refuse_an_empty_password(tmp_path: Path) -> None:
             )
             assert result.returncode == 1
             assert "empty or unreadable" in result.stderr
+
+
+PROD_EXAMPLE = "# k8s/overlays/prod-sentinel/kustomization.yaml"
+
+
+def test_documented_production_overlay_builds(tmp_path: Path) -> None:
+    """The production overlay of docs/deploy.md#redis-with-sentinel, in a copy of k8s/ with
+    stand-in secret files, renders both Secrets with the four keys, the data nodes and
+    Sentinels one per node, and the api in Sentinel mode; the secret files are git-ignored."""
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks: list[str] = re.findall(r"^```\w*\n(.*?)^```", page, re.S | re.M)
+    (example,) = [b for b in blocks if b.startswith(f"{PROD_EXAMPLE}\n")]
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "prod-sentinel"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(example, encoding="utf-8")
+    keys = set()
+    for generator in yaml.safe_load(example)["secretGenerator"]:
+        for entry in generator["files"]:
+            key, path = entry.split("=", 1)
+            keys.add(key)
+            (overlay / path).parent.mkdir(exist_ok=True)
+            (overlay / path).write_text(f"stand-in {key}\n", encoding="utf-8")
+            if (ROOT / ".git").exists():
+                ignored = subprocess.run(
+                    [
+                        "git",
+                        "check-ignore",
+                        "-q",
+                        "--no-index",
+                        f"k8s/overlays/prod-sentinel/{path}",
+                    ],
+                    cwd=ROOT,
+                    check=False,
+                )
+                assert ignored.returncode == 0, f"{path} is not git-ignored"
+    objects = render(overlay)
+    assert "redis-sentinel-password" in keys
+    for obj in objects:
+        validate(obj, KUBERNETES_VERSION, strict=True)
+        if obj["kind"] == "Secret":
+            assert set(obj["data"]) == keys
+    for name in ("redis-data", "redis-sentinel"):
+        required, _ = _anti_affinity_terms(_get("StatefulSet", name, objects))
+        assert required
+    (config,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("usercounter-config-")
+    ]
+    assert (
+        config["data"]["REDIS_SENTINELS"]
+        == _by_prefix("ConfigMap", "usercounter-config")["data"]["REDIS_SENTINELS"]
+    )
