@@ -34,7 +34,10 @@ SOURCE_PACKAGES = ("counter_svc", "sync_worker")
 
 # `read(c, "X", ...)`, `read_int(c, "X", ...)`, ... in counter_svc/settings.py and the
 # worker's settings; `read_secret(c, "X", ...)` also reads `X_FILE`.
-_READER = re.compile(r"\bread(_int|_float|_choice|_secret)?\(\s*\w+\s*,\s*\"([A-Z][A-Z0-9_]*)\"")
+_READER = re.compile(
+    r"\b(?:read(_int|_float|_choice|_secret)?|_addresses|_name|_networks|_tls_file)"
+    r"\(\s*\w+\s*,\s*\"([A-Z][A-Z0-9_]*)\""
+)
 _ENVIRON = re.compile(r"(?:environ\.get|getenv|environ\[)\(?\s*\"([A-Z][A-Z0-9_]*)\"")
 _ROUTE = re.compile(r"\bRoute\(\s*\"(/[^\"]*)\"")
 _ENV_LINE = re.compile(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,9 +220,12 @@ def _seconds(duration: str) -> float:
 
 
 def test_compose_has_the_services() -> None:
-    """mysql, redis, a one-shot migrate, the api and the sync worker."""
-    services = _compose()["services"]
+    """mysql, redis, a one-shot migrate, the api and the sync worker; the Redis primary,
+    replicas and Sentinels only with the `sentinel` profile."""
+    services = {n: s for n, s in _compose()["services"].items() if not s.get("profiles")}
     assert set(services) == {"mysql", "redis", "migrate", "api", "sync-worker"}
+    profiled = {n: s["profiles"] for n, s in _compose()["services"].items() if s.get("profiles")}
+    assert profiled == {name: ["sentinel"] for name in SENTINEL_DATA_NODES + SENTINEL_SENTINELS}
     assert services["mysql"]["image"] == "mysql:8.0"
     assert services["redis"]["image"] == "redis:7.2"
     assert set(_app_services()) == {"migrate", "api", "sync-worker"}
@@ -339,7 +344,155 @@ def test_compose_app_containers_are_locked_down() -> None:
 def test_compose_passwords_are_dev_only_defaults() -> None:
     """Passwords default to fake dev-only values and can be overridden from .env."""
     text = (ROOT / "compose.yaml").read_text(encoding="utf-8")
-    for var in ("MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "REDIS_PASSWORD"):
+    text += (ROOT / "compose.sentinel.yaml").read_text(encoding="utf-8")
+    for var in (
+        "MYSQL_PASSWORD",
+        "MYSQL_ROOT_PASSWORD",
+        "REDIS_PASSWORD",
+        "REDIS_SENTINEL_PASSWORD",
+    ):
         defaults = re.findall(rf"\$\{{{var}:-([^}}]*)\}}", text)
         assert defaults
         assert all(d.startswith("dev-only-") for d in defaults)
+        assert len(set(defaults)) == 1, f"{var}: one default everywhere"
+
+
+# --- compose.yaml's `sentinel` profile and compose.sentinel.yaml ------------------------
+
+SENTINEL_DATA_NODES = ["redis-primary", "redis-replica-1", "redis-replica-2"]
+SENTINEL_SENTINELS = ["redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3"]
+# What the api and sync-worker read in Sentinel mode, on top of the base settings.
+SENTINEL_PREFIXES = ("REDIS_SENTINEL", "REDIS_ACK_")
+
+
+def _run_command(service: dict[str, Any], moves: dict[str, str]) -> str:
+    """Run a service's `sh -c` command here, with its environment (interpolated as with an
+    empty shell environment) and `moves` applied to the script; return its stdout."""
+    shell, flag, script = service["command"]
+    script = script.replace("$$", "$")
+    for old, new in moves.items():
+        assert old in script, old
+        script = script.replace(old, new)
+    env = {"PATH": os.environ["PATH"], **_environment(service)}
+    result = subprocess.run(
+        [shell, flag, script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _redis_server_options(argv: list[str]) -> dict[str, list[str]]:
+    options: dict[str, list[str]] = {}
+    for word in argv:
+        if word.startswith("--"):
+            name = word[2:]
+            options[name] = []
+        else:
+            options[name].append(word)
+    return options
+
+
+def _sentinel_conf(name: str, tmp_path: Path) -> list[list[str]]:
+    """The config file a Sentinel service writes at start, its directives split as Redis
+    splits them."""
+    out = tmp_path / name
+    out.mkdir()
+    _run_command(
+        _service(name),
+        {"/data/sentinel.conf": str(out / "sentinel.conf"), "exec redis-server": "exit 0 #"},
+    )
+    text = (out / "sentinel.conf").read_text(encoding="utf-8")
+    return [[_unhex(word) for word in shlex.split(line)] for line in text.splitlines()]
+
+
+def _unhex(word: str) -> str:
+    """The `\\xHH` escapes Redis decodes in a double-quoted config string."""
+    if not re.fullmatch(r"(\\x[0-9a-f]{2})+", word):
+        return word
+    return bytes.fromhex(word.replace("\\x", "")).decode()
+
+
+def test_compose_sentinel_data_nodes(tmp_path: Path) -> None:
+    """The primary and both replicas run the default redis' persistence and memory settings
+    plus min-replicas-to-write 1 / max-lag 10 and masterauth; each announces its service
+    name; the replicas replicate redis-primary. Each keeps its AOF on its own volume."""
+    as_argv = {"exec redis-server": "printf '%s\\n'"}
+    single = _redis_server_options(_run_command(_service("redis"), as_argv).splitlines())
+    for name in SENTINEL_DATA_NODES:
+        service = _service(name)
+        assert service["image"] == "redis:7.2"
+        assert service["user"] == "999:999"
+        options = _redis_server_options(_run_command(service, as_argv).splitlines())
+        for option in ("appendonly", "appendfsync", "save", "maxmemory", "maxmemory-policy"):
+            assert options[option] == single[option], (name, option)
+        assert options["min-replicas-to-write"] == ["1"]
+        assert options["min-replicas-max-lag"] == ["10"]
+        password = _environment(service)["REDIS_PASSWORD"]
+        assert options["requirepass"] == options["masterauth"] == [password]
+        assert options["replica-announce-ip"] == [name]
+        replicaof = options.get("replicaof")
+        assert replicaof == (None if name == "redis-primary" else ["redis-primary", "6379"])
+        assert service["volumes"] == [f"{name}-data:/data"]
+        assert f"{name}-data" in _compose()["volumes"]
+        assert "role:master|master_link_status:up" in " ".join(service["healthcheck"]["test"])
+
+
+def test_compose_sentinels(tmp_path: Path) -> None:
+    """Three Sentinels: quorum 2 on redis-primary, down after 5 s, failover timeout 60 s,
+    hostnames resolved and announced (set before `sentinel monitor`), each announcing its
+    service name; they start once the primary is healthy; passwords written as escapes."""
+    for name in SENTINEL_SENTINELS:
+        directives = _sentinel_conf(name, tmp_path)
+        order = [tuple(d[:2]) for d in directives]
+        (monitor,) = [d for d in directives if d[:2] == ["sentinel", "monitor"]]
+        assert monitor[2:] == ["usercounter", "redis-primary", "6379", "2"]
+        assert ["sentinel", "down-after-milliseconds", "usercounter", "5000"] in directives
+        assert ["sentinel", "failover-timeout", "usercounter", "60000"] in directives
+        for option in ("resolve-hostnames", "announce-hostnames"):
+            assert ["sentinel", option, "yes"] in directives
+            assert order.index(("sentinel", option)) < order.index(("sentinel", "monitor"))
+        assert ["sentinel", "announce-ip", name] in directives
+        env = _environment(_service(name))
+        assert ["sentinel", "auth-pass", "usercounter", env["REDIS_PASSWORD"]] in directives
+        assert ["requirepass", env["REDIS_SENTINEL_PASSWORD"]] in directives
+        assert _service(name)["depends_on"] == {"redis-primary": {"condition": "service_healthy"}}
+        assert "ckquorum usercounter" in " ".join(_service(name)["healthcheck"]["test"])
+
+
+def _sentinel_override() -> dict[str, Any]:
+    override = load_yaml(ROOT / "compose.sentinel.yaml")
+    assert isinstance(override, dict)
+    return override
+
+
+def test_compose_sentinel_override_points_the_app_at_the_sentinels(tmp_path: Path) -> None:
+    """compose.sentinel.yaml, merged over compose.yaml, gives the api and sync-worker the
+    three Sentinels, the master name they monitor, their password and REDIS_ACK_REPLICAS=1,
+    and makes both wait for healthy Sentinels. The merged env parses with the settings
+    less the Sentinel-mode variables the code does not read yet (the Python side of
+    Sentinel mode lands separately; the settings' own tests cover them)."""
+    override = _sentinel_override()["services"]
+    assert set(override) == {"api", "sync-worker"}
+    (monitor,) = [
+        d for d in _sentinel_conf("redis-sentinel-1", tmp_path) if d[:2] == ["sentinel", "monitor"]
+    ]
+    known = variables_read_by_code()
+    for name, extra in override.items():
+        env = {**_environment(_service(name)), **_environment(extra)}
+        hosts = [entry.rsplit(":", 1) for entry in env["REDIS_SENTINELS"].split(",")]
+        assert hosts == [[s, "26379"] for s in SENTINEL_SENTINELS]
+        assert env["REDIS_SENTINEL_MASTER"] == monitor[2]
+        sentinel_env = _environment(_service("redis-sentinel-1"))
+        assert env["REDIS_SENTINEL_PASSWORD"] == sentinel_env["REDIS_SENTINEL_PASSWORD"]
+        assert env["REDIS_ACK_REPLICAS"] == "1"
+        assert set(extra) == {"environment", "depends_on"}
+        assert extra["depends_on"] == {
+            s: {"condition": "service_healthy"} for s in SENTINEL_SENTINELS
+        }
+        settings_env = {
+            k: v for k, v in env.items() if not k.startswith(SENTINEL_PREFIXES) or k in known
+        }
+        assert set(settings_env) <= known
+        settings = api_settings(settings_env, tmp_path)
+        assert settings.redis_url.endswith("/0")
+        assert settings.redis_password == _environment(_service("redis-primary"))["REDIS_PASSWORD"]

@@ -67,6 +67,23 @@ def test_checkov_passes(checkov_reports: dict[str, dict[str, Any]], framework: s
         assert skipped["check_result"].get("suppress_comment"), skipped["check_id"]
 
 
+def test_checkov_scans_every_overlay(checkov_reports: dict[str, dict[str, Any]]) -> None:
+    """The kustomize scan covers each overlay's workloads, dev-sentinel's Redis data nodes
+    and Sentinels included (a component is scanned through the overlays that use it)."""
+    results = checkov_reports["kustomize"]["results"]
+    resources = {
+        r["resource"] for kind in ("passed_checks", "skipped_checks") for r in results[kind]
+    }
+    # checkov names a rendered object `overlay:<dir>:<Kind>.<namespace>.<name>`.
+    scanned = {r.rsplit(":", 1)[-1] for r in resources}
+    for namespace, statefulset in (
+        ("usercounter-dev", "redis"),
+        ("usercounter-dev-sentinel", "redis-data"),
+        ("usercounter-dev-sentinel", "redis-sentinel"),
+    ):
+        assert f"StatefulSet.{namespace}.{statefulset}" in scanned, statefulset
+
+
 def test_checkov_skips_are_justified_in_a_comment() -> None:
     """Every checkov skip has a reason and a comment on the line above it."""
     files = [*sorted((ROOT / "k8s").rglob("*.yaml")), ROOT / "Dockerfile"]
@@ -91,17 +108,13 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_matches_the_compose_specification() -> None:
-    """compose.yaml validates against the Compose specification schema check-jsonschema ships."""
+@pytest.mark.parametrize("path", ["compose.yaml", "compose.sentinel.yaml"])
+def test_compose_matches_the_compose_specification(path: str) -> None:
+    """compose.yaml (its `sentinel` profile included) and the override that points the app
+    at that profile validate against the Compose specification schema check-jsonschema
+    ships."""
     result = run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            "compose.yaml",
-        ]
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", path]
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
