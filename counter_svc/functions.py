@@ -50,6 +50,8 @@ class Library:
 
     def qualified(self, function: Function) -> str:
         """The name FCALL takes."""
+        if self.functions.get(function.name) is not function:
+            raise ValueError(f"{function.name} is not a function of {self.name}")
         return f"{self.name}_{function.name}"
 
     async def load(self, redis: Redis) -> None:

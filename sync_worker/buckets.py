@@ -137,8 +137,36 @@ return #ARGV - 1
 )
 
 
+# Repair, after the MySQL commit found rows ahead of the claimed values. KEYS: inflight,
+# then the counter of each id. ARGV: id, claimed, MySQL's value, difference, per id. Only
+# while `inflight` still holds the claimed value (this batch, not a peer's newer claim):
+# the counter is raised by the difference (so later increments count on from MySQL's
+# value) and the entry then holds MySQL's value, which FINISH compares against; a replay
+# of the batch finds nothing to raise. Returns the counters raised.
+RAISE_BEHIND = Function(
+    "raise_behind",
+    """
+local raised = 0
+for i = 1, #ARGV, 4 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[1], id) == ARGV[i + 1] then
+    local key = KEYS[2 + (i - 1) / 4]
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('INCRBY', key, ARGV[i + 3])
+      raised = raised + 1
+    end
+    redis.call('HSET', KEYS[1], id, ARGV[i + 2])
+  end
+end
+return raised
+""",
+    ("allow-oom",),
+)
+
 # The worker's functions, loaded as one library (counter_svc/functions.py).
-LIBRARY = Library("worker", (TAKE_LEASE, RENEW_LEASE, RELEASE_LEASE, CLAIM, FINISH, FORGET))
+LIBRARY = Library(
+    "worker", (TAKE_LEASE, RENEW_LEASE, RELEASE_LEASE, CLAIM, FINISH, FORGET, RAISE_BEHIND)
+)
 
 
 @dataclass(frozen=True)
@@ -197,6 +225,14 @@ class Buckets:
         for user_id in ids:
             keys += [k.counter(user_id), k.gone(user_id)]
         await self._call(FORGET, keys, [tombstone_s, *ids])
+
+    async def raise_behind(self, bucket: int, triples: list[tuple[int, int, int]]) -> int:
+        """(id, claimed, MySQL's value) for rows MySQL is ahead of; returns those raised."""
+        k = self.keys
+        keys = [k.inflight(bucket), *(k.counter(i) for i, _, _ in triples)]
+        args = [x for i, c, m in triples for x in (i, c, m, m - c)]
+        raised: int = await self._call(RAISE_BEHIND, keys, args)
+        return raised
 
     async def load(self) -> None:
         """Load the function library (at start; a call that meets a Redis without it

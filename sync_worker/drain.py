@@ -46,9 +46,9 @@ def update_sql(n: int) -> str:
 
 
 @lru_cache(maxsize=16)
-def exists_sql(n: int) -> str:
+def rows_sql(n: int) -> str:
     marks = ", ".join(["%s"] * n)
-    return f"SELECT id FROM users WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+    return f"SELECT id, counter FROM users WHERE id IN ({marks})"  # noqa: S608 - placeholders only
 
 
 @dataclass
@@ -61,6 +61,16 @@ class Batch:
 
     def __post_init__(self) -> None:
         self.values = {int(i): int(v) for i, v in self.raw}
+
+
+@dataclass
+class Written:
+    """What the MySQL write found beside the rows it raised: ids whose row is gone, and
+    ids whose row holds more than the batch did (Redis lost increments MySQL has: a lossy
+    failover, or a Redis restored to an older state), with MySQL's value."""
+
+    missing: set[int] = field(default_factory=set)
+    behind: dict[int, int] = field(default_factory=dict)
 
 
 class Drainer:
@@ -158,10 +168,11 @@ class Drainer:
         if batch is None:
             return 0, False
         await self.hook("after_claim")
-        missing = await self.write(batch.values)
+        result = await self.write(batch.values)
         await self.hook("after_commit")
-        await self.finish(bucket, batch, missing)
+        await self.finish(bucket, batch, result)
         await self.hook("after_finish")
+        missing = result.missing
         written = len(batch.values) - len(missing)
         elapsed = time.perf_counter() - started
         self.metrics.flushed.inc(written)
@@ -179,8 +190,8 @@ class Drainer:
         )
         return written, batch.leftover or len(batch.values) >= self.batch_size
 
-    async def write(self, values: dict[int, int]) -> set[int]:
-        """Write the batch in one transaction; return the ids whose row no longer exists."""
+    async def write(self, values: dict[int, int]) -> Written:
+        """Write the batch in one transaction; say which rows are gone or ahead of it."""
         try:
             async with asyncio.timeout(self.write_timeout):
                 return await self._write(values)
@@ -189,19 +200,21 @@ class Drainer:
         except Exception as e:
             raise MySQLError(f"batch of {len(values)} not written: {e!r}") from e
 
-    async def _write(self, values: dict[int, int]) -> set[int]:
+    async def _write(self, values: dict[int, int]) -> Written:
         params = [x for pair in values.items() for x in pair]
         async with self.mysql.acquire() as conn:
             try:
                 await conn.begin()
                 async with conn.cursor() as cur:
                     changed = await cur.execute(update_sql(len(values)), params)
-                    missing: set[int] = set()
-                    # Rows already at the value (a replayed batch) also count as unchanged;
-                    # only then is the extra lookup needed.
+                    result = Written()
+                    # A row unchanged is gone, already at the value (a replayed batch), or
+                    # ahead of it; only then is the extra lookup needed.
                     if changed < len(values):
-                        await cur.execute(exists_sql(len(values)), list(values))
-                        missing = set(values) - {int(row[0]) for row in await cur.fetchall()}
+                        await cur.execute(rows_sql(len(values)), list(values))
+                        rows = {int(i): int(c) for i, c in await cur.fetchall()}
+                        result.missing = set(values) - set(rows)
+                        result.behind = {i: c for i, c in rows.items() if c > values[i]}
                 await self.hook("mid_batch")
                 await conn.commit()
             except BaseException:
@@ -209,18 +222,44 @@ class Drainer:
                 # return it to the pool.
                 conn.close()
                 raise
-        return missing
+        return result
 
-    async def finish(self, bucket: int, batch: Batch, missing: set[int]) -> None:
-        """After the commit: drop the batch from `inflight` (only entries still holding the
-        written value), give idle counters their TTL, and forget ids whose row is gone."""
-        done = [x for i, v in batch.raw if int(i) not in missing for x in (i, v)]
+    async def finish(self, bucket: int, batch: Batch, written: Written) -> None:
+        """After the commit: raise counters that MySQL is ahead of, drop the batch from
+        `inflight` (only entries still holding the written value), give idle counters
+        their TTL, and forget ids whose row is gone."""
+        missing = written.missing
+        raw = batch.raw
+        if written.behind:
+            raw = await self._repair(bucket, batch, written.behind)
+        done = [x for i, v in raw if int(i) not in missing for x in (i, v)]
         if done:
             await self.buckets.finish(bucket, self.idle_ms, done)
         if missing:
             ids = sorted(missing)
             await self.buckets.forget(bucket, self.tombstone_s, ids)
             log.info("rows_missing", bucket=bucket, ids=ids[:20], count=len(ids))
+
+    async def _repair(
+        self, bucket: int, batch: Batch, behind: dict[int, int]
+    ) -> list[tuple[bytes, bytes]]:
+        """Redis lost increments that MySQL has (invariant 12): raise each such counter by
+        what it lacks, so it counts on from MySQL's value, and let its `inflight` entry
+        stand for MySQL's value. Compare-and-set on the claimed value, so a replay of the
+        batch after a crash finds nothing to raise again. Returns the batch as it now
+        stands in `inflight`."""
+        triples = [(i, batch.values[i], mysql) for i, mysql in sorted(behind.items())]
+        raised = await self.buckets.raise_behind(bucket, triples)
+        self.metrics.repaired.inc(raised)
+        log.warning(
+            "redis_behind_mysql",
+            bucket=bucket,
+            count=len(triples),
+            raised=raised,
+            ids=[i for i, _, _ in triples][:20],
+            missing_increments=sum(m - c for _, c, m in triples),
+        )
+        return [(i, str(behind[int(i)]).encode() if int(i) in behind else v) for i, v in batch.raw]
 
     async def observe(self) -> None:
         """Refresh the backlog, inflight and lag gauges (one pipelined round trip)."""

@@ -33,6 +33,12 @@ class Metrics:
             "Claimed ids whose MySQL row is gone (skipped, keys cleaned).",
             registry=r,
         )
+        self.repaired = Counter(
+            "sync_counters_repaired",
+            "Redis counters raised to MySQL's value after Redis lost increments MySQL had "
+            "(a lossy failover, an older AOF).",
+            registry=r,
+        )
         self.batches = Counter("sync_batches", "Batches committed to MySQL.", registry=r)
         self.batch_seconds = Histogram(
             "sync_batch_duration_seconds",

@@ -113,9 +113,9 @@ async def test_claim_time_lives_exactly_as_long_as_inflight(
         if emptied_by == "row_gone":
             async with mysql.acquire() as conn, conn.cursor() as cur:
                 await cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
-        missing = await drainer.write(batch.values)
-        assert missing == ({user_id} if emptied_by == "row_gone" else set())
-        await drainer.finish(b, batch, missing)
+        written = await drainer.write(batch.values)
+        assert written.missing == ({user_id} if emptied_by == "row_gone" else set())
+        await drainer.finish(b, batch, written)
     assert await redis.hlen(k.inflight(b)) == 0
     assert await redis.exists(k.inflight_since(b)) == 0
 
