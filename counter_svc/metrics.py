@@ -55,6 +55,11 @@ class Metrics:
             "Seeds from MySQL refused because the bucket changed during the read (read again).",
             registry=r,
         )
+        self.not_replicated = Counter(
+            "usercounter_redis_not_replicated",
+            "Writes answered 503 because REDIS_ACK_REPLICAS replicas did not confirm them.",
+            registry=r,
+        )
         self.mysql_errors = Counter(
             "usercounter_mysql_errors", "MySQL calls that failed or timed out.", registry=r
         )

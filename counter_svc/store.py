@@ -17,6 +17,7 @@ from counter_svc.counters import Counters, Outcome
 from counter_svc.errors import Unavailable, UserNotFound
 from counter_svc.faults import Hook, no_fault
 from counter_svc.metrics import Metrics
+from counter_svc.pipelining import NotReplicated
 from counter_svc.singleflight import SingleFlight
 from counter_svc.users import User, Users
 
@@ -32,6 +33,13 @@ SEED_ATTEMPTS = 5
 
 class RedisUnavailable(Unavailable):
     """Redis could not be reached or did not answer in time."""
+
+
+class WriteNotReplicated(Unavailable):
+    """REDIS_ACK_REPLICAS replicas did not confirm a write in time: it ran on the primary
+    and may survive or not; a retry with the same Idempotency-Key is exact."""
+
+    code = "not_replicated"
 
 
 class SeedContended(Unavailable):
@@ -173,6 +181,13 @@ class Store:
     async def _redis(self, call: Awaitable[T]) -> T:
         try:
             return await call
+        except NotReplicated as e:
+            self.metrics.not_replicated.inc()
+            log.warning("redis_write_not_replicated", error=str(e))
+            raise WriteNotReplicated(
+                "the change may have been made but was not confirmed on enough Redis "
+                "replicas; retry (with the same Idempotency-Key for an increment)"
+            ) from e
         except REDIS_ERRORS as e:
             self.metrics.redis_errors.inc()
             log.warning("redis_error", error=str(e), kind=type(e).__name__)
