@@ -111,6 +111,17 @@ class FollowedPrimary(SentinelConnectionPool, BlockingConnectionPool):
         return address
 
 
+class SentinelFollower(Redis):
+    """The primary's client; closing it closes the clients of the Sentinels too."""
+
+    sentinels_of: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for client in self.sentinels_of.sentinels if self.sentinels_of else ():
+            await client.aclose()
+
+
 def _sentinel_primary(settings: Settings, options: dict[str, Any]) -> Redis:
     # REDIS_URL still names the data nodes' user, password and database; its host is
     # not used. TLS applies to the data nodes and to the Sentinels alike.
@@ -133,12 +144,13 @@ def _sentinel_primary(settings: Settings, options: dict[str, Any]) -> Redis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(settings.redis_sentinels), sentinel_kwargs=sentinel_options
     )
-    client: Redis = sentinel.master_for(
+    client: SentinelFollower = sentinel.master_for(
         settings.redis_sentinel_master,
-        redis_class=Redis,
+        redis_class=SentinelFollower,
         connection_pool_class=FollowedPrimary,
         **options,
     )
+    client.sentinels_of = sentinel
     return client
 
 

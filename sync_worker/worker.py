@@ -67,6 +67,7 @@ class Worker:
             metrics=self.metrics,
             hook=hook,
             token=settings.worker_id,
+            repair=base.redis_ack_replicas == 0,
         )
         self._lock = asyncio.Lock()
         self._failures = 0
