@@ -140,3 +140,33 @@ def test_reading_nothing_gives_the_dataclass_defaults() -> None:
 
     assert Settings.from_env(config()) == Settings()
     assert WorkerSettings.from_env(config()) == WorkerSettings(base=Settings())
+
+
+def test_sentinel_mode_settings_are_read_and_checked() -> None:
+    """REDIS_SENTINELS selects Sentinel mode; bad values name the variable; the
+    Sentinels' password is never in the start-up summary."""
+    s = Settings.from_env(
+        config(
+            REDIS_SENTINELS="sentinel-0:26379, [::1]:26380",
+            REDIS_SENTINEL_MASTER="counters",
+            REDIS_SENTINEL_PASSWORD="s3cret-sentinel",
+            REDIS_ACK_REPLICAS="1",
+            REDIS_ACK_TIMEOUT_MS="250",
+        )
+    )
+    assert s.redis_sentinels == (("sentinel-0", 26379), ("::1", 26380))
+    assert (s.redis_sentinel_master, s.redis_ack_replicas, s.redis_ack_timeout_ms) == (
+        "counters",
+        1,
+        250,
+    )
+    assert "s3cret-sentinel" not in repr(s) + str(s.safe_summary())
+    for key, value in [
+        ("REDIS_SENTINELS", "sentinel-0"),
+        ("REDIS_SENTINELS", "sentinel-0:99999"),
+        ("REDIS_SENTINEL_MASTER", "has space"),
+        ("REDIS_ACK_REPLICAS", "-1"),
+        ("REDIS_ACK_TIMEOUT_MS", "0"),
+    ]:
+        with pytest.raises(SettingsError, match=key):
+            Settings.from_env(config(**{key: value}))
