@@ -138,7 +138,7 @@ def _pod_dns_names(statefulset: Obj) -> list[str]:
 
 def test_every_object_validates_strictly_against_kubernetes_1_33() -> None:
     """Each rendered object of dev-sentinel matches the Kubernetes 1.33 schema, strictly.
-    Prometheus Operator resources are left to tests/test_monitoring.py."""
+    Prometheus Operator resources are left to tests/deploy/test_monitoring.py."""
     errors = []
     for obj in _objects():
         if obj["apiVersion"].startswith(CRD_GROUPS):
