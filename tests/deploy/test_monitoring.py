@@ -308,7 +308,9 @@ def test_every_alert_has_a_runbook_section() -> None:
 
 def test_dashboard_has_the_panels_operators_need() -> None:
     """Request and error rate by route, latency quantiles, increments, cache hits, backlog,
-    lag, drain rate, batch duration, errors by kind, store availability, per-pod panels."""
+    lag, drain rate, batch duration, errors by kind, store availability, the Redis primary
+    and its failovers, writes not replicated, stale seeds, counters repaired, per-pod
+    panels."""
     panels = [p for p in dashboard()["panels"] if p["type"] != "row"]
     text = " ".join(t["expr"] for p in panels for t in p["targets"])
     for needle in (
@@ -326,6 +328,12 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "sum by (kind) (rate(sync_errors_total",
         "usercounter_backend_up",
         "usercounter_redis_memory_used_bytes",
+        "sum by (address) (usercounter_redis_primary",
+        "time() - max(usercounter_redis_last_failover_timestamp_seconds",
+        "changes(usercounter_redis_failovers_seen",
+        "rate(usercounter_redis_not_replicated_total",
+        "rate(usercounter_stale_seeds_total",
+        "increase(sync_counters_repaired_total",
         "sum by (pod)",
     ):
         assert needle in text, needle
