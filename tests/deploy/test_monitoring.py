@@ -5,6 +5,7 @@ metric they query is one the API or the worker really exports, the rules pass pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -18,10 +19,12 @@ import httpx
 import pytest
 import yaml
 
+from counter_svc.app import create_app
 from counter_svc.settings import Settings
 from tests.deploy.support import OVERLAY, ROOT, render, run, tool
 from tests.faults import free_port
 from tests.helpers import WorkerProcess, create_user, running_app, worker_settings
+from tests.topology import SentinelTopology, sentinel_topology
 
 MONITORING = ROOT / "k8s" / "monitoring"
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -113,6 +116,39 @@ async def api_metrics(settings: Settings) -> AsyncIterator[set[str]]:
         yield exposed((await client.get("/metrics")).text)
 
 
+@contextlib.asynccontextmanager
+async def sentinel_app(
+    settings: Settings, topology: SentinelTopology
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`running_app` with Redis found through the topology's Sentinels. The app's shutdown
+    closes its Redis client but not its Sentinel clients (`Sentinel.aclose`), so this
+    closes them, or their sockets would be left to the garbage collector."""
+    app = create_app(
+        replace(
+            settings,
+            redis_sentinels=tuple(topology.sentinel_addresses),
+            redis_sentinel_master=topology.master_name,
+        )
+    )
+    async with app.router.lifespan_context(app):
+        sentinels = app.state.store.counters.redis.connection_pool.sentinel_manager
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+    await sentinels.aclose()
+
+
+@pytest.fixture
+async def sentinel_api_metrics(settings: Settings, tmp_path: Path) -> AsyncIterator[set[str]]:
+    """The API's /metrics in Sentinel mode after an increment: `usercounter_redis_primary`
+    has a series only there (a single Redis server has no primary to name)."""
+    with sentinel_topology(tmp_path, replicas=1, sentinels=1, quorum=1) as topology:
+        async with sentinel_app(settings, topology) as client:
+            user_id = await create_user(client, "followed")
+            assert (await client.put(f"/api/v1/users/{user_id}/increment")).status_code == 200
+            yield exposed((await client.get("/metrics")).text)
+
+
 @pytest.fixture
 async def worker_metrics(settings: Settings) -> AsyncIterator[set[str]]:
     """`python -m sync_worker`'s /metrics after it drained one increment."""
@@ -143,13 +179,17 @@ def batches_committed(text: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
-def test_every_queried_metric_is_exported(api_metrics: set[str], worker_metrics: set[str]) -> None:
+def test_every_queried_metric_is_exported(
+    api_metrics: set[str], sentinel_api_metrics: set[str], worker_metrics: set[str]
+) -> None:
     """Each metric in the dashboard's and the alerts' PromQL (with its _total, _bucket...
-    suffix) is in the live /metrics of the API or of the worker."""
+    suffix) is in the live /metrics of the API (on one Redis server or, for the Redis
+    primary's gauge, in Sentinel mode) or of the worker."""
     queried = queried_metrics()
     assert len(queried) > 15, queried
-    missing = queried - api_metrics - worker_metrics
+    missing = queried - api_metrics - sentinel_api_metrics - worker_metrics
     assert not missing, f"queried but exported by neither: {sorted(missing)}"
+    assert api_metrics <= sentinel_api_metrics, "Sentinel mode drops a metric"
 
 
 def test_backend_gauges_report_both_stores(api_metrics: set[str]) -> None:
@@ -175,6 +215,44 @@ async def test_backend_up_follows_the_stores(settings: Settings) -> None:
     assert await up(settings) == {"mysql": 1.0, "redis": 1.0}
     gone = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     assert await up(gone) == {"mysql": 1.0, "redis": 0.0}
+
+
+def redis_gauges(text: str) -> tuple[set[str], float, float]:
+    """The addresses `usercounter_redis_primary` names (value 1), failovers seen, and the
+    last failover's Unix time, in an API's /metrics."""
+    primary = set(re.findall(r'^usercounter_redis_primary\{address="([^"]+)"\} 1\.0$', text, re.M))
+    (seen,) = re.findall(r"^usercounter_redis_failovers_seen (\S+)$", text, re.M)
+    (last,) = re.findall(r"^usercounter_redis_last_failover_timestamp_seconds (\S+)$", text, re.M)
+    return primary, float(seen), float(last)
+
+
+@pytest.mark.slow
+async def test_redis_gauges_follow_a_failover(settings: Settings, tmp_path: Path) -> None:
+    """What the *Redis primary* panels and UserCounterRedisFailover read, in Sentinel mode:
+    the primary's address; after it is killed and a replica promoted, the new address, one
+    failover seen and its time."""
+    with sentinel_topology(tmp_path) as topology:
+        async with sentinel_app(settings, topology) as client:
+            user_id = await create_user(client, "failover")
+            increment = f"/api/v1/users/{user_id}/increment"
+            assert (await client.put(increment)).status_code == 200
+            first = "{}:{}".format(*topology.primary())
+            assert redis_gauges((await client.get("/metrics")).text) == ({first}, 0.0, 0.0)
+
+            killed_at = time.time()
+            old = topology.kill_primary()
+            await asyncio.to_thread(topology.wait_for_failover, old, 15)
+            second = "{}:{}".format(*topology.primary())
+            # The pool finds the new primary when it opens a connection: on the requests
+            # after the failover (the first ones may still answer 503).
+            deadline = time.monotonic() + 15
+            while (await client.put(increment)).status_code != 200:
+                assert time.monotonic() < deadline, "no increment succeeded after the failover"
+                await asyncio.sleep(0.1)
+            primary, seen, last = redis_gauges((await client.get("/metrics")).text)
+            assert primary == {second} != {first}
+            assert seen == 1.0
+            assert killed_at <= last <= time.time()
 
 
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
@@ -230,7 +308,9 @@ def test_every_alert_has_a_runbook_section() -> None:
 
 def test_dashboard_has_the_panels_operators_need() -> None:
     """Request and error rate by route, latency quantiles, increments, cache hits, backlog,
-    lag, drain rate, batch duration, errors by kind, store availability, per-pod panels."""
+    lag, drain rate, batch duration, errors by kind, store availability, the Redis primary
+    and its failovers, writes not replicated, stale seeds, counters repaired, per-pod
+    panels."""
     panels = [p for p in dashboard()["panels"] if p["type"] != "row"]
     text = " ".join(t["expr"] for p in panels for t in p["targets"])
     for needle in (
@@ -248,6 +328,12 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "sum by (kind) (rate(sync_errors_total",
         "usercounter_backend_up",
         "usercounter_redis_memory_used_bytes",
+        "sum by (address) (usercounter_redis_primary",
+        "time() - max(usercounter_redis_last_failover_timestamp_seconds",
+        "changes(usercounter_redis_failovers_seen",
+        "rate(usercounter_redis_not_replicated_total",
+        "rate(usercounter_stale_seeds_total",
+        "increase(sync_counters_repaired_total",
         "sum by (pod)",
     ):
         assert needle in text, needle
