@@ -19,7 +19,6 @@ import httpx
 import pytest
 import yaml
 
-from counter_svc.app import create_app
 from counter_svc.settings import Settings
 from tests.deploy.support import OVERLAY, ROOT, render, run, tool
 from tests.faults import free_port
@@ -116,26 +115,18 @@ async def api_metrics(settings: Settings) -> AsyncIterator[set[str]]:
         yield exposed((await client.get("/metrics")).text)
 
 
-@contextlib.asynccontextmanager
-async def sentinel_app(
+def sentinel_app(
     settings: Settings, topology: SentinelTopology
-) -> AsyncIterator[httpx.AsyncClient]:
-    """`running_app` with Redis found through the topology's Sentinels. The app's shutdown
-    closes its Redis client but not its Sentinel clients (`Sentinel.aclose`), so this
-    closes them, or their sockets would be left to the garbage collector."""
-    app = create_app(
+) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    """`running_app` with Redis found through the topology's Sentinels (its shutdown
+    closes the Sentinel clients with the primary's)."""
+    return running_app(
         replace(
             settings,
             redis_sentinels=tuple(topology.sentinel_addresses),
             redis_sentinel_master=topology.master_name,
         )
     )
-    async with app.router.lifespan_context(app):
-        sentinels = app.state.store.counters.redis.connection_pool.sentinel_manager
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
-    await sentinels.aclose()
 
 
 @pytest.fixture
