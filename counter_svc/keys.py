@@ -35,10 +35,6 @@ class Keys:
     def counter(self, user_id: int) -> str:
         return f"{self.tag(self.bucket(user_id))}:c:{user_id}"
 
-    def counter_prefix(self, bucket: int) -> str:
-        """Counter keys of a bucket are this string followed by the id."""
-        return f"{self.tag(bucket)}:c:"
-
     def dirty(self, bucket: int) -> str:
         return f"{self.tag(bucket)}:dirty"
 

@@ -50,31 +50,33 @@ return 0
     ("allow-oom",),
 )
 
-# Worker claim. KEYS: dirty, inflight, inflight_since. ARGV: batch size, counter key
-# prefix of the bucket. A non-empty inflight (left by a crash or a slow peer) is returned as
-# is, to be flushed first. Otherwise the oldest dirty ids move, with their current values,
-# to inflight, and inflight_since keeps the dirty score of the oldest one: once out of
-# `dirty`, that is the only record of how long MySQL has been behind for them. Every script
-# that can empty inflight deletes inflight_since with it.
-# Counter keys are built here from the bucket's hash tag, so they share the slot.
+# Worker claim. KEYS: dirty, inflight, inflight_since, then the counter of each candidate.
+# ARGV: the candidate ids (the oldest dirty ones, read just before by the caller, which
+# holds the bucket's lease). A non-empty inflight (left by a crash or a slow peer) is
+# returned as is, to be flushed first. Otherwise each candidate still dirty moves, with its
+# current value, to inflight, and inflight_since keeps the dirty score of the oldest one:
+# once out of `dirty`, that is the only record of how long MySQL has been behind for them.
+# Every script that can empty inflight deletes inflight_since with it. Every key is
+# declared, none built here, so a Redis Cluster can redirect the call while the bucket's
+# slot moves.
 CLAIM = Function(
     "claim",
     """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('HGETALL', KEYS[2])}
 end
-local range = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-if #range == 0 then return {0, {}} end
 local ids, out, since = {}, {}, nil
-for i = 1, #range, 2 do
-  local id = range[i]
-  ids[#ids + 1] = id
-  local v = redis.call('GET', ARGV[2] .. id)
-  if v then
-    out[#out + 1] = id
-    out[#out + 1] = v
-    -- Scores ascend: the first id kept is the oldest.
-    if not since then since = range[i + 1] end
+for i = 1, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score then
+    ids[#ids + 1] = id
+    local v = redis.call('GET', KEYS[3 + i])
+    if v then
+      out[#out + 1] = id
+      out[#out + 1] = v
+      if not since or tonumber(score) < tonumber(since) then since = score end
+    end
   end
 end
 for i = 1, #ids, 1000 do
@@ -90,20 +92,20 @@ return {0, out}
 )
 
 # Worker finish, after the MySQL commit. KEYS: inflight, dirty, inflight_since,
-# generation. ARGV: counter key prefix, idle ttl ms, then id, value pairs that were
-# committed. Each inflight entry is dropped only if it still holds the committed value (a
-# peer may have claimed anew); each counter gets the idle TTL only if nobody incremented
+# generation, then the counter of each id. ARGV: idle ttl ms, then id, value pairs that
+# were committed. Each inflight entry is dropped only if it still holds the committed value
+# (a peer may have claimed anew); each counter gets the idle TTL only if nobody incremented
 # it since. A counter with a TTL may be evicted, so the generation moves when any got one.
 FINISH = Function(
     "finish",
     """
 local expired = 0
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local id, v = ARGV[i], ARGV[i + 1]
   if redis.call('HGET', KEYS[1], id) == v then redis.call('HDEL', KEYS[1], id) end
-  local key = ARGV[1] .. id
+  local key = KEYS[4 + i / 2]
   if redis.call('GET', key) == v and not redis.call('ZSCORE', KEYS[2], id) then
-    redis.call('PEXPIRE', key, ARGV[2])
+    redis.call('PEXPIRE', key, ARGV[1])
     expired = expired + 1
   end
 end
@@ -113,7 +115,6 @@ return expired
 """,
     ("allow-oom",),
 )
-
 
 # Forget ids whose MySQL row is gone (checked by the worker in the flush transaction).
 # KEYS: dirty, inflight, inflight_since, generation, then counter, gone for each id.
@@ -203,10 +204,19 @@ class Buckets:
         """(leftover, [id, value, ...]): a batch moved from `dirty` to `inflight`, or the
         `inflight` a crashed or stalled drain left behind."""
         k = self.keys
+        # The candidates first (a read): the claim names each key it touches. Ids that
+        # become dirty meanwhile wait for the next claim; the lease keeps peers away.
+        members = await self.redis.zrange(k.dirty(bucket), 0, batch_size - 1)
+        ids = [int(i) for i in members if isinstance(i, bytes | str)]
         leftover, flat = await self._call(
             CLAIM,
-            [k.dirty(bucket), k.inflight(bucket), k.inflight_since(bucket)],
-            [batch_size, k.counter_prefix(bucket)],
+            [
+                k.dirty(bucket),
+                k.inflight(bucket),
+                k.inflight_since(bucket),
+                *(k.counter(i) for i in ids),
+            ],
+            ids,
         )
         return bool(leftover), list(flat)
 
@@ -214,8 +224,14 @@ class Buckets:
         """After the commit: `done` is [id, value, ...] as claimed. Returns the counters
         that got their idle TTL."""
         k = self.keys
-        keys = [k.inflight(bucket), k.dirty(bucket), k.inflight_since(bucket), k.generation(bucket)]
-        expired: int = await self._call(FINISH, keys, [k.counter_prefix(bucket), idle_ms, *done])
+        keys = [
+            k.inflight(bucket),
+            k.dirty(bucket),
+            k.inflight_since(bucket),
+            k.generation(bucket),
+            *(k.counter(int(i)) for i in done[::2]),
+        ]
+        expired: int = await self._call(FINISH, keys, [idle_ms, *done])
         return expired
 
     async def forget(self, bucket: int, tombstone_s: int, ids: list[int]) -> None:
