@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, validate
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -32,11 +31,11 @@ from tests.deploy.support import (
     render,
     routes_served,
     run,
+    strict_schema_errors,
     variables_read_by_code,
 )
 from tests.faults import free_port, port_open, wait_until
 
-KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "usercounter-dev"
 DEV_HOST = "usercounter.dev.example.com"
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -125,23 +124,12 @@ def test_base_renders_too() -> None:
 # are CRDs, which kubernetes-validate does not bundle and no registry here serves. The
 # rules are checked by promtool (check + unit tests) and the PodMonitors against the pods
 # they select, in tests/deploy/test_monitoring.py.
-CRD_GROUPS = ("monitoring.coreos.com/",)
 
 
 def test_every_object_validates_strictly_against_kubernetes_1_33() -> None:
     """Each rendered object matches the Kubernetes 1.33 schema; unknown fields fail.
     Prometheus Operator resources are left to tests/deploy/test_monitoring.py."""
-    errors = []
-    for obj in _objects():
-        if obj["apiVersion"].startswith(CRD_GROUPS):
-            continue
-        where = f"{obj['kind']}/{obj['metadata']['name']}"
-        try:
-            validate(obj, KUBERNETES_VERSION, strict=True)
-        except ValidationError as e:
-            errors.append(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
-        except SchemaNotFoundError as e:
-            errors.append(f"{where}: {e.message}")
+    errors = strict_schema_errors(_objects())
     assert not errors, "\n".join(errors)
 
 

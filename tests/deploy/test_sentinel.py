@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, validate
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -30,17 +29,16 @@ from tests.deploy.support import (
     TEST_ONLY_VARIABLES,
     parse_settings,
     render,
+    strict_schema_errors,
     variables_read_by_code,
 )
 from tests.faults import wait_until
 
-KUBERNETES_VERSION = "1.33.0"
 SENTINEL_OVERLAY = ROOT / "k8s" / "overlays" / "dev-sentinel"
 COMPONENT = ROOT / "k8s" / "components" / "redis-sentinel"
 NAMESPACE = "usercounter-dev-sentinel"
 STORE_SECRET = "usercounter-store-secrets"
 WORKLOADS = ("Deployment", "StatefulSet")
-CRD_GROUPS = ("monitoring.coreos.com/",)
 Obj = dict[str, Any]
 
 
@@ -139,17 +137,7 @@ def _pod_dns_names(statefulset: Obj) -> list[str]:
 def test_every_object_validates_strictly_against_kubernetes_1_33() -> None:
     """Each rendered object of dev-sentinel matches the Kubernetes 1.33 schema, strictly.
     Prometheus Operator resources are left to tests/deploy/test_monitoring.py."""
-    errors = []
-    for obj in _objects():
-        if obj["apiVersion"].startswith(CRD_GROUPS):
-            continue
-        where = f"{obj['kind']}/{obj['metadata']['name']}"
-        try:
-            validate(obj, KUBERNETES_VERSION, strict=True)
-        except ValidationError as e:
-            errors.append(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
-        except SchemaNotFoundError as e:
-            errors.append(f"{where}: {e.message}")
+    errors = strict_schema_errors(_objects())
     assert not errors, "\n".join(errors)
 
 
@@ -242,8 +230,7 @@ def test_component_on_base_validates_and_keeps_the_base_otherwise(
 ) -> None:
     """Over the bare base the component renders valid objects, and takes away only the
     single Redis: every other object of the base is still there."""
-    for obj in component_on_base:
-        validate(obj, KUBERNETES_VERSION, strict=True)
+    assert strict_schema_errors(tuple(component_on_base)) == []
     base = {(o["kind"], o["metadata"]["name"]) for o in render(ROOT / "k8s" / "base")}
     with_component = {(o["kind"], o["metadata"]["name"]) for o in component_on_base}
     removed = {("StatefulSet", "redis"), ("Service", "redis"), ("NetworkPolicy", "redis")}
@@ -743,8 +730,8 @@ def test_documented_production_overlay_builds(tmp_path: Path) -> None:
                 assert ignored.returncode == 0, f"{path} is not git-ignored"
     objects = render(overlay)
     assert "redis-sentinel-password" in keys
+    assert strict_schema_errors(tuple(objects)) == []
     for obj in objects:
-        validate(obj, KUBERNETES_VERSION, strict=True)
         if obj["kind"] == "Secret":
             assert set(obj["data"]) == keys
     for name in ("redis-data", "redis-sentinel"):
