@@ -15,8 +15,8 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -115,6 +115,22 @@ def sentinel_mode(
         )
 
 
+@asynccontextmanager
+async def api_and_worker(
+    own: Settings, tmp_path: Path, **worker: object
+) -> AsyncIterator[tuple[str, WorkerProcess]]:
+    """The API and a started sync worker, as processes in Sentinel mode."""
+    ws = worker_settings(own, interval_seconds=0.2, lease_seconds=5.0)
+    ws = replace(ws, **worker)  # type: ignore[arg-type]
+    with serving(own, tmp_path / "api.log") as (url, _):
+        process = WorkerProcess(ws)
+        try:
+            await process.await_line('"event":"started"', within=20)
+            yield url, process
+        finally:
+            process.kill()
+
+
 async def exact_at_the_end(
     own: Settings, mysql: Pool, clients: Clients
 ) -> tuple[dict[int, int], dict[int, int]]:
@@ -142,22 +158,16 @@ async def test_primary_killed_mid_run_with_ack_replicas_loses_nothing(
 ) -> None:
     with sentinel_mode(settings, tmp_path, 1, min_replicas_to_write=1) as (topo, own):
         ids = await add_users(mysql, USERS)
-        ws = worker_settings(own, interval_seconds=0.2, lease_seconds=5.0)
-        with serving(own, tmp_path / "api.log") as (url, _):
-            worker = WorkerProcess(ws)
-            try:
-                await worker.await_line('"event":"started"', within=20)
-                clients = Clients(url, ids)
-                load = asyncio.create_task(clients.run(per_lane=100))
-                await asyncio.sleep(1.5)
-                old = topo.kill_primary()
-                kill_at = time.monotonic()
-                failover_s = await asyncio.to_thread(topo.wait_for_failover, old, 20)
-                await load
-                redis, in_mysql = await exact_at_the_end(own, mysql, clients)
-                assert worker.proc.poll() is None, "the worker followed without a restart"
-            finally:
-                worker.kill()
+        async with api_and_worker(own, tmp_path) as (url, worker):
+            clients = Clients(url, ids)
+            load = asyncio.create_task(clients.run(per_lane=100))
+            await asyncio.sleep(1.5)
+            old = topo.kill_primary()
+            kill_at = time.monotonic()
+            failover_s = await asyncio.to_thread(topo.wait_for_failover, old, 20)
+            await load
+            redis, in_mysql = await exact_at_the_end(own, mysql, clients)
+            assert worker.proc.poll() is None, "the worker followed without a restart"
     recovered = recovered_after(kill_at, clients)
     acked = sum(clients.acked.values())
     print(
@@ -181,35 +191,30 @@ async def test_failover_after_a_replication_stall(
     then makes Redis and MySQL agree again, and MySQL never went back."""
     with sentinel_mode(settings, tmp_path, ack_replicas, replication_proxy=True) as (topo, own):
         ids = await add_users(mysql, USERS)
-        ws = worker_settings(own, interval_seconds=0.2, lease_seconds=5.0)
-        with serving(own, tmp_path / "api.log") as (url, _):
-            worker = WorkerProcess(ws)
-            try:
-                await worker.await_line('"event":"started"', within=20)
-                clients = Clients(url, ids)
-                stop = asyncio.Event()
-                load = asyncio.create_task(clients.run(per_lane=10_000, stop=stop))
-                sampler = asyncio.create_task(sample_mysql(mysql, clients, load))
-                await asyncio.sleep(1.0)
-                topo.stall_replication()
-                await asyncio.sleep(1.0)
-                # No new increments from here on but the retries of those under way: what
-                # Redis lost can then not be hidden by later counts passing MySQL.
-                stop.set()
-                old = topo.kill_primary()
-                kill_at = time.monotonic()
-                failover_s = await asyncio.to_thread(topo.wait_for_failover, old, 20)
-                await load
-                await sampler
-                # Every counter is counted once more, so that the drain meets each one
-                # whose Redis value fell behind MySQL (without the repair, it would stay
-                # behind, and Redis and MySQL would disagree).
-                after = Clients(url, ids)
-                await after.run(per_lane=(USERS + LANES - 1) // LANES)
-                redis, in_mysql = await exact_at_the_end(own, mysql, clients)
-                repaired = worker.count('"event":"redis_behind_mysql"')
-            finally:
-                worker.kill()
+        async with api_and_worker(own, tmp_path) as (url, worker):
+            clients = Clients(url, ids)
+            stop = asyncio.Event()
+            load = asyncio.create_task(clients.run(per_lane=10_000, stop=stop))
+            sampler = asyncio.create_task(sample_mysql(mysql, clients, load))
+            await asyncio.sleep(1.0)
+            topo.stall_replication()
+            await asyncio.sleep(1.0)
+            # No new increments from here on but the retries of those under way: what
+            # Redis lost can then not be hidden by later counts passing MySQL.
+            stop.set()
+            old = topo.kill_primary()
+            kill_at = time.monotonic()
+            failover_s = await asyncio.to_thread(topo.wait_for_failover, old, 20)
+            await load
+            await sampler
+            # Every counter is counted once more, so that the drain meets each one
+            # whose Redis value fell behind MySQL (without the repair, it would stay
+            # behind, and Redis and MySQL would disagree).
+            after = Clients(url, ids)
+            await after.run(per_lane=(USERS + LANES - 1) // LANES)
+            redis, in_mysql = await exact_at_the_end(own, mysql, clients)
+            repaired = worker.count('"event":"redis_behind_mysql"')
+
     expected = {i: clients.acked.get(i, 0) + after.acked.get(i, 0) for i in ids}
     lost = sum(expected.values()) - sum(in_mysql.values())
     recovered = recovered_after(kill_at, clients)
