@@ -120,7 +120,8 @@ def read_env(path: Path) -> dict[str, str]:
 
 def merge(target: Any, patch: Any) -> Any:
     """The part of a strategic merge the component patches use: maps merge, lists of
-    named items merge by name (new names appended), anything else is replaced."""
+    named items merge by name (the patch's items first, as kustomize orders them),
+    anything else is replaced."""
     if isinstance(target, dict) and isinstance(patch, dict):
         out = dict(target)
         for key, value in patch.items():
@@ -131,14 +132,15 @@ def merge(target: Any, patch: Any) -> Any:
         and isinstance(patch, list)
         and all(isinstance(i, dict) and "name" in i for i in [*target, *patch])
     ):
-        merged = [dict(i) for i in target]
-        index = {i["name"]: n for n, i in enumerate(merged)}
-        for item in patch:
-            if item["name"] in index:
-                merged[index[item["name"]]] = merge(merged[index[item["name"]]], item)
-            else:
-                merged.append(copy.deepcopy(item))
-        return merged
+        originals = {i["name"]: i for i in target}
+        # kustomize's order: the patch's items first (merged into the originals they
+        # name), then the originals the patch does not name.
+        head = [
+            merge(originals[i["name"]], i) if i["name"] in originals else copy.deepcopy(i)
+            for i in patch
+        ]
+        named = {i["name"] for i in patch}
+        return head + [copy.deepcopy(i) for i in target if i["name"] not in named]
     return copy.deepcopy(patch)
 
 
@@ -271,7 +273,9 @@ class _Renderer:
     def resources(obj: Obj, container_name: str, resources: dict[str, dict[str, str]]) -> None:
         for container in _pod(obj)["containers"]:
             if container["name"] == container_name:
-                container["resources"] = copy.deepcopy(resources)
+                # Each value given replaces the base's; the others stay.
+                for part, values in resources.items():
+                    container["resources"].setdefault(part, {}).update(values)
 
 
 def render(

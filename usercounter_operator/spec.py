@@ -143,7 +143,8 @@ def _resources(raw: Mapping[str, Any], where: str) -> Resources | None:
     out: Resources = {}
     for part in ("requests", "limits"):
         items = value.get(part) or {}
-        out[part] = {str(k): str(v) for k, v in items.items()}
+        if items:
+            out[part] = {str(k): str(v) for k, v in items.items()}
         if set(items) - {"cpu", "memory", "ephemeral-storage"}:
             raise SpecError(f"{where}.resources.{part}: only cpu, memory, ephemeral-storage")
     return out
