@@ -11,6 +11,7 @@ from typing import Any
 import celpy
 import jsonschema
 import pytest
+from celpy.adapter import json_to_cel
 from kubernetes_validate.utils import validate
 
 from tests.operator.support import SPECS, Obj, crd, sample, schema
@@ -57,7 +58,7 @@ def test_every_cel_rule_compiles() -> None:
     env = celpy.Environment()
     rules = list(_rules())
     assert len(rules) >= 3
-    for path, rule in rules:
+    for _path, rule in rules:
         env.compile(rule)  # raises CELParseError on a bad rule
     assert (("spec", "keyLayout"), "self == oldSelf") in rules
 
@@ -95,12 +96,12 @@ def cel_errors(obj: Obj, old: Obj | None = None) -> list[str]:
             current = _at(obj, path)
             if current is None:
                 continue
-            activation = {"self": celpy.json_to_cel(current)}
+            activation = {"self": json_to_cel(current)}
             if "oldSelf" in rule["rule"]:
                 previous = _at(old, path) if old else None
                 if previous is None:
                     continue
-                activation["oldSelf"] = celpy.json_to_cel(previous)
+                activation["oldSelf"] = json_to_cel(previous)
             program = env.program(env.compile(rule["rule"]))
             if not bool(program.evaluate(activation)):
                 errors.append(f"{'.'.join(path)}: {rule['message']}")
