@@ -196,6 +196,8 @@ async def reconcile(
             if parsed.suspend:
                 await _stop_api_and_drain(kube, parsed, owner, runtime.total_seconds(), patch)
                 worker_replicas = 0
+            else:
+                patch.status["drain"] = None  # a past suspend's report
             await _apply(kube, render(parsed, owner, worker_replicas=worker_replicas))
             if parsed.suspend or not parsed.api.autoscaling.enabled:
                 await _delete_hpa(kube, name, owner.namespace)
