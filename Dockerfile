@@ -3,6 +3,7 @@
 #   default                     python -m counter_svc serve   (API on $PORT, 8080)
 #   worker                      python -m sync_worker         (metrics/health on 9100)
 #   migrate                     python -m counter_svc migrate (one-shot, idempotent)
+#   operator                    python -m usercounter_operator (k8s/operator)
 # Python 3.11 on Debian 12, the same minor version the test suite runs on.
 
 # --- builder: every wheel the runtime needs, from the exact pins in requirements.lock ---
@@ -23,6 +24,12 @@ RUN pip wheel --wheel-dir /wheels --requirement requirements.lock \
 COPY pyproject.toml README.md ./
 COPY counter_svc/ counter_svc/
 COPY sync_worker/ sync_worker/
+COPY usercounter_operator/ usercounter_operator/
+# The operator renders the API and worker objects from the kustomize base; the wheel
+# carries these files (pyproject.toml, force-include).
+COPY k8s/base/ k8s/base/
+COPY k8s/components/mysql-least-privilege/ k8s/components/mysql-least-privilege/
+COPY k8s/components/redis-sentinel/ k8s/components/redis-sentinel/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- runtime: no compilers, no build tools, no source tree; a non-root user ---

@@ -82,6 +82,8 @@ def test_checkov_scans_every_overlay(checkov_reports: dict[str, dict[str, Any]])
         ("usercounter-dev-sentinel", "redis-sentinel"),
     ):
         assert f"StatefulSet.{namespace}.{statefulset}" in scanned, statefulset
+    # and the operator's own kustomization (k8s/operator)
+    assert "Deployment.usercounter.usercounter-operator" in scanned
 
 
 def test_checkov_skips_are_justified_in_a_comment() -> None:

@@ -1,0 +1,1 @@
+"""The UserCounter Kubernetes operator."""
