@@ -308,7 +308,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         f"#### Latest run: {r['when']}",
         "",
-        f"{m['cpu']}, {m['cores']} cores, {m['os']}; Redis {v['redis']}, {v['mariadb']}, "
+        f"`{r.get('command', 'make bench')}` on {m['cpu']}, {m['cores']} cores, {m['os']}; "
+        f"Redis {v['redis']}, {v['mariadb']}, "
         f"{v['k6']}. One API process (WEB_CONCURRENCY=1), {r['pinning']['text']}; the sync "
         "worker, the Redis servers and MariaDB unpinned. "
         f"{cfg['vus']} VUs for {cfg['duration_s']} s per run, {cfg['rounds']} interleaved "
@@ -364,6 +365,7 @@ def run_phase(
     results: Path,
     versions: dict[str, str],
     progress: loads.Progress | None = None,
+    command: str = "make bench",
 ) -> dict[str, Any]:
     """The whole comparison (what `make bench` calls): `args` has duration, vus, rounds,
     keep and no_report; writes the report unless `args.no_report`. `base` gives MySQL and
@@ -379,6 +381,7 @@ def run_phase(
         load_before=load_before,
         load_after=report.load_average(),
         results_dir=str(results.relative_to(ROOT)),
+        command=command,
     )
     (results / "redis-modes.json").write_text(json.dumps(out, indent=1))
     if not args.no_report:
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import versions  # bench.run imports this module
 
     try:
-        out = run_phase(args, base, results, versions(base))
+        command = " ".join(["python -m bench.redis_modes", *(argv or sys.argv[1:])])
+        out = run_phase(args, base, results, versions(base), command=command)
     except (RuntimeError, TimeoutError, OSError) as e:
         print(f"bench.redis_modes: failed: {e}", file=sys.stderr)
         return 1
