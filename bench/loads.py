@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +92,16 @@ class K6Run:
 
 
 def run_k6(
-    script: str, env: dict[str, str], summary_path: Path, log_path: Path, timeout_s: float
+    script: str,
+    env: dict[str, str],
+    summary_path: Path,
+    log_path: Path,
+    timeout_s: float,
+    prefix: Sequence[str] = (),
 ) -> K6Run:
-    """`k6 run` of k6/<script>; exit code 99 (thresholds crossed) is a result, not an error."""
-    argv = [k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report"]
+    """`k6 run` of k6/<script>; exit code 99 (thresholds crossed) is a result, not an error.
+    `prefix` goes before k6's own command line, e.g. `taskset -c 1` to pin it to a core."""
+    argv = [*prefix, k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report"]
     for key, value in {**env, "SUMMARY_JSON": str(summary_path)}.items():
         argv += ["-e", f"{key}={value}"]
     argv.append(str(K6_DIR / script))

@@ -5,8 +5,10 @@ was lost, and write docs/benchmarks.md.
 
 Phases, in one run: the `/healthz` ceiling, `increment.js` (then: wait for the drain
 and compare MySQL with the increments k6 saw acknowledged), `read_heavy.js` (the same
-check), redis-benchmark, and the drain rate of a worker started on a large backlog.
-A mismatch, or a phase that cannot run, exits non-zero.
+check), redis-benchmark, the drain rate of a worker started on a large backlog, and then
+the Redis modes side by side (bench/redis_modes.py: single server, Sentinel with ACK
+replicas 0 and 1, on private servers). A mismatch, or a phase that cannot run, exits
+non-zero.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import checks, loads, report, stack
+from bench import checks, loads, redis_modes, report, stack
 from counter_svc.connections import mysql_kwargs, open_redis
 from counter_svc.counters import INCREMENT, LIBRARY
 from counter_svc.keys import Keys
@@ -96,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a short check that everything runs: 3 s phases, 1 round, small sizes",
     )
     p.add_argument("--no-report", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument(
+        "--no-redis-modes",
+        action="store_true",
+        default=env("BENCH_REDIS_MODES", "1") == "0",
+        help="skip the Redis modes phase (bench/redis_modes.py; BENCH_REDIS_MODES=0)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the database and keys at the end")
     p.add_argument(
         "--api-env",
@@ -128,6 +136,8 @@ class Bench:
         self.results = results
         per_phase = args.duration + 6  # start-up, set-up and summary of a k6 run
         total = (args.rounds * len(PHASES) + 1) * per_phase + args.rounds * 4 + 25
+        if not args.no_redis_modes:
+            total += redis_modes.estimate_s(args)
         self.progress = loads.Progress(total)
         self.api: stack.Child | None = None
         self.worker: stack.Child | None = None
@@ -384,6 +394,15 @@ def summarize(out: dict[str, Any], args: argparse.Namespace) -> None:
     ]
 
 
+def modes_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """MySQL as for the other phases, with a database and key prefix of its own."""
+    return replace(
+        settings,
+        mysql_database=f"{args.database[:58]}_modes",
+        key_prefix=f"{args.key_prefix[:26]}-modes",
+    )
+
+
 def versions(settings: Settings) -> dict[str, str]:
     async def servers() -> tuple[str, str]:
         import asyncmy
@@ -468,6 +487,15 @@ def main(argv: list[str] | None = None) -> int:
             f"target {t['target']}: {t['measured']} — {'met' if t['met'] else 'MISSED'}"
         )
     mismatches = [d for d in out["drain_checks"] if not d["ok"]]
+    if not args.no_redis_modes:
+        try:
+            modes = redis_modes.run_phase(
+                args, modes_settings(settings, args), results / "redis-modes", ver, bench.progress
+            )
+        except (RuntimeError, TimeoutError, OSError) as e:
+            print(f"bench: the Redis modes phase failed: {e}", file=sys.stderr)
+            return 1
+        mismatches += [c for c in modes["checks"] if not c["ok"]]
     if out.get("drain_rate") and not out["drain_rate"]["mysql_ok"]:
         mismatches.append(out["drain_rate"])
     if mismatches:
