@@ -258,6 +258,15 @@ class Buckets:
     async def _call(self, function: Function, keys: list[Any], args: list[Any]) -> Any:
         return await LIBRARY.call(self.redis, function, keys, args)
 
+    async def busy(self) -> list[int]:
+        """The buckets with dirty or claimed ids (one pipelined round trip)."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for b in range(k.buckets):
+            pipe.exists(k.dirty(b), k.inflight(b))
+        replies = await pipe.execute()
+        return [b for b, found in enumerate(replies) if found]
+
     async def backlog(self) -> Backlog:
         """One pipelined round trip over every bucket. A claimed batch counts from
         `inflight_since` (during a MySQL outage the first claim empties `dirty`)."""

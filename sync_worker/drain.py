@@ -117,10 +117,16 @@ class Drainer:
         self.buckets = Buckets(redis, keys, self.token)
 
     async def drain_all(self, concurrency: int) -> list[Exception]:
-        """One pass over every bucket, `concurrency` at a time. Returns the errors; after
-        the first one, buckets not yet started are left for the next pass."""
+        """One pass over every bucket with work, `concurrency` at a time. Returns the
+        errors; after the first one, buckets not yet started are left for the next pass."""
         gate = asyncio.Semaphore(concurrency)
         errors: list[Exception] = []
+        try:
+            # One pipelined look at every bucket: an idle bucket costs no lease, claim and
+            # release round trips (four per bucket and pass otherwise).
+            busy = await self.buckets.busy()
+        except RedisError as e:
+            return [e]
 
         async def one(bucket: int) -> None:
             async with gate:
@@ -131,7 +137,7 @@ class Drainer:
                 except Exception as e:
                     errors.append(e)
 
-        await asyncio.gather(*(one(b) for b in range(self.keys.buckets)))
+        await asyncio.gather(*(one(b) for b in busy))
         return errors
 
     async def drain_bucket(self, bucket: int) -> int:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
+from counter_svc.connections import open_redis
 from counter_svc.counters import Counters
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
 from sync_worker.metrics import Metrics
 from sync_worker.worker import Worker
+from tests.faults import private_redis
 from tests.helpers import (
     Load,
     add_users,
@@ -365,3 +369,26 @@ async def test_failed_write_backs_off_and_keeps_the_claim(
         await asyncio.sleep(0.02)
     assert (await mysql_counters(mysql))[user_id] == 1
     assert worker.metrics.errors.labels("mysql")._value.get() == 1
+
+
+async def test_a_pass_leaves_idle_buckets_alone(
+    mysql: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """One pipelined look finds the buckets with work: a pass over 64 buckets of which one
+    is dirty calls the worker's functions for that one bucket only (lease, claim, finish,
+    release), not four times 64."""
+    with private_redis(tmp_path, appendonly=False) as server:
+        own = replace(settings, redis_url=server.url)
+        client = open_redis(own)
+        try:
+            drainer = Drainer(client, mysql, keys_of(own))
+            await drainer.buckets.load()
+            (user_id,) = await add_users(mysql, 1)
+            assert await increment(Counters.from_settings(client, own), mysql, user_id) == 1
+            await client.config_resetstat()
+            assert await drainer.drain_all(4) == []
+            calls = (await client.info("commandstats"))["cmdstat_fcall"]["calls"]
+        finally:
+            await client.aclose()
+    assert (await mysql_counters(mysql))[user_id] == 1
+    assert calls <= 6, f"{calls} function calls for one dirty bucket"
