@@ -11,8 +11,7 @@ import time
 from enum import IntEnum
 from typing import Any
 
-from redis.asyncio import Redis
-
+from counter_svc.connections import RedisClient
 from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 from counter_svc.pipelining import AutoPipeline
@@ -161,7 +160,7 @@ class Counters:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         idle_ttl_s: int,
         tombstone_ttl_s: int,
@@ -181,7 +180,7 @@ class Counters:
         self._calls = AutoPipeline(redis, LIBRARY, ack_replicas, ack_timeout_ms)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> Counters:
+    def from_settings(cls, redis: RedisClient, settings: Settings) -> Counters:
         return cls(
             redis,
             Keys.from_settings(settings),

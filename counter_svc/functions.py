@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+from counter_svc.connections import RedisClient
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,11 @@ class Library:
             raise ValueError(f"{function.name} is not a function of {self.name}")
         return f"{self.name}_{function.name}"
 
-    async def load(self, redis: Redis) -> None:
+    async def load(self, redis: RedisClient) -> None:
         await redis.function_load(self.code, replace=True)
 
     async def call(
-        self, redis: Redis, function: Function, keys: Sequence[Any], args: Sequence[Any]
+        self, redis: RedisClient, function: Function, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:
         """FCALL on `redis`, loading the library first where it is missing."""
         name = self.qualified(function)

@@ -24,10 +24,10 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from counter_svc.connections import RedisClient
 from counter_svc.functions import Function, Library, is_missing
 
 # Bounds the work (and the reply) of one pipeline; a larger batch becomes several.
@@ -45,7 +45,7 @@ class AutoPipeline:
     """Runs `FCALL`s of one library, batching those made in the same loop tick."""
 
     def __init__(
-        self, redis: Redis, library: Library, ack_replicas: int = 0, ack_timeout_ms: int = 100
+        self, redis: RedisClient, library: Library, ack_replicas: int = 0, ack_timeout_ms: int = 100
     ) -> None:
         self.redis = redis
         self.library = library
