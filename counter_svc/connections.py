@@ -140,6 +140,14 @@ class Cluster(RedisCluster):
     function call would cost an extra round trip to one node, and fail while that node
     is down."""
 
+    async def aclose(self) -> None:
+        """Close every connection. RedisCluster.aclose closes nothing while a refresh of
+        the slot table is pending (after a failed node, until the next command)."""
+        if self._initialize:
+            await self.nodes_manager.aclose()
+            await self.nodes_manager.aclose("startup_nodes")
+        await super().aclose()
+
     async def _determine_slot(self, command: str, *args: Any) -> int:
         if command.upper() in ("FCALL", "FCALL_RO") and len(args) >= 2:
             keys = args[2 : 2 + int(args[1])]

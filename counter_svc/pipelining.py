@@ -159,10 +159,16 @@ class ClusterAutoPipeline(AutoPipeline):
     def __init__(self, redis: RedisCluster, library: Library) -> None:
         super().__init__(redis, library)
         self.cluster = redis
+        self._stale = False  # a node failed: read the slot table again
+        self._refreshing = asyncio.Lock()
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        if self.cluster._initialize:  # the slot table, at start or after a failed node
-            await self.cluster.initialize()
+        await self.cluster.initialize()  # at start, or after redis-py asked for it
+        if self._stale:
+            async with self._refreshing:
+                if self._stale:
+                    await self.cluster.nodes_manager.initialize()
+                    self._stale = False
         shards: dict[str, list[int]] = {}
         for i, (_, argv, _) in enumerate(batch):
             node = self.cluster.get_node_from_key(argv[2]) if argv[1] else None
@@ -205,7 +211,7 @@ class ClusterAutoPipeline(AutoPipeline):
         if any(isinstance(r, RedisConnectionError | RedisTimeoutError) for r in replies):
             # The node may be gone (a failover): read the slot table again before the
             # next batch, as redis-py does after a failed single command.
-            self.cluster._initialize = True
+            self._stale = True
         return replies
 
 
