@@ -9,9 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import asyncmy
-from redis.asyncio import Redis
 
-from counter_svc.connections import mysql_kwargs, open_redis
+from counter_svc.connections import RedisClient, mysql_kwargs, open_redis
 from counter_svc.counters import Counters
 from counter_svc.keys import Keys
 from counter_svc.settings import Settings
@@ -47,7 +46,7 @@ async def _sum_rows(settings: Settings, username_prefix: str) -> list[tuple[int,
         conn.close()
 
 
-async def _redis_sum(redis: Redis, keys: Keys, ids: list[int]) -> int:
+async def _redis_sum(redis: RedisClient, keys: Keys, ids: list[int]) -> int:
     total = 0
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
@@ -77,7 +76,7 @@ async def wait_drained(
     return DrainCheck(len(rows), acked, sum(c for _, c in rows), in_redis, seconds)
 
 
-async def backlog(redis: Redis, keys: Keys) -> tuple[int, int]:
+async def backlog(redis: RedisClient, keys: Keys) -> tuple[int, int]:
     """Dirty and in-flight ids over all buckets."""
     async with redis.pipeline(transaction=False) as pipe:
         for b in range(keys.buckets):

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import asyncmy
 from asyncmy.pool import Pool
-from redis.asyncio import Redis
 
-from counter_svc.connections import mysql_kwargs, open_mysql, open_redis
+from counter_svc.connections import RedisClient, mysql_kwargs, open_mysql, open_redis
 from counter_svc.counters import now_ms
 from counter_svc.keys import Keys, delete_all
 from counter_svc.logs import configure_logging
@@ -51,7 +50,7 @@ async def add_users(mysql: Pool, n: int) -> None:
             await cur.executemany("INSERT INTO users (id, username) VALUES (%s, %s)", rows)
 
 
-async def make_dirty(redis: Redis, keys: Keys, n: int, value: int) -> None:
+async def make_dirty(redis: RedisClient, keys: Keys, n: int, value: int) -> None:
     """n counters at `value`, each dirty, as the API's increments leave them."""
     now = now_ms()
     for start in range(1, n + 1, 5000):

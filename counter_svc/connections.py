@@ -10,15 +10,19 @@ import asyncmy
 import structlog
 from asyncmy.pool import Pool
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from counter_svc.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# A client of one Redis (single server or Sentinel-followed primary) or of a Redis Cluster.
+RedisClient = Redis | RedisCluster
 
 
 def mysql_kwargs(settings: Settings, database: str | None = None) -> dict[str, Any]:
@@ -70,10 +74,18 @@ def redis_tls_options(settings: Settings) -> dict[str, str]:
     return options
 
 
-def open_redis(settings: Settings) -> Redis:
+def open_redis(settings: Settings) -> RedisClient:
     """A Redis client on a blocking pool: under load callers wait for a connection
     (bounded by the timeout) instead of failing with 'too many connections'. With
-    REDIS_SENTINELS the pool asks the Sentinels where the primary is, and follows it."""
+    REDIS_SENTINELS the pool asks the Sentinels where the primary is, and follows it;
+    with REDIS_CLUSTER_NODES it is a cluster client (`open_cluster`)."""
+    if settings.redis_cluster_nodes:
+        return open_cluster(settings)
+    return open_single(settings)
+
+
+def open_single(settings: Settings) -> Redis:
+    """The client of one Redis: a single server, or the primary Sentinels point at."""
     options: dict[str, Any] = {
         "max_connections": settings.redis_pool_size,
         "timeout": settings.redis_timeout_seconds,
@@ -90,6 +102,61 @@ def open_redis(settings: Settings) -> Redis:
         return _sentinel_primary(settings, options)
     pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+def open_cluster(settings: Settings) -> RedisCluster:
+    """A Redis Cluster client seeded by REDIS_CLUSTER_NODES; REDIS_URL gives the user,
+    password and TLS (its host and database are not used: a cluster has only db 0).
+
+    Never resends a command that may have run: `retry` with 0 retries stops redis-py's
+    default of re-executing a command (or a whole pipeline) after a connection error or
+    a timeout. Redirections are still followed (MOVED, ASK, TRYAGAIN: the node did not
+    run the command). `reinitialize_steps=0`: every MOVED only patches the slot table;
+    by default each 5th MOVED closes every connection of the client, failing the calls
+    of other requests in flight on them. A connection error marks the slot table for a
+    refresh on the next call, so a failover is followed without a restart."""
+    url = parse_url(settings.redis_url)
+    options: dict[str, Any] = {
+        "max_connections": settings.redis_pool_size,  # per node
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), retries=0),
+        "reinitialize_steps": 0,
+        **({"username": url["username"]} if url.get("username") else {}),
+        **({"password": url["password"]} if url.get("password") else {}),
+        **({"password": settings.redis_password} if settings.redis_password else {}),
+    }
+    if settings.redis_url.startswith("rediss://"):
+        options.update(ssl=True, **redis_tls_options(settings))
+    nodes = [ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]
+    return Cluster(startup_nodes=nodes, **options)
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, routing FCALL by its declared keys. redis-py 8.1 reads
+    the keys of EVAL from its arguments but asks a node (`COMMAND GETKEYS`, one round
+    trip, awaited one command at a time in a pipeline) for those of FCALL: every
+    function call would cost an extra round trip to one node, and fail while that node
+    is down."""
+
+    async def aclose(self) -> None:
+        """Close every connection. RedisCluster.aclose closes nothing while a refresh of
+        the slot table is pending (after a failed node, until the next command)."""
+        if self._initialize:
+            await self.nodes_manager.aclose()
+            await self.nodes_manager.aclose("startup_nodes")
+        await super().aclose()
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("FCALL", "FCALL_RO") and len(args) >= 2:
+            keys = args[2 : 2 + int(args[1])]
+            slots = {self.keyslot(key) for key in keys}
+            if len(slots) > 1:
+                raise RedisClusterException(f"{command} - all keys must map to the same key slot")
+            if slots:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
 
 
 class FollowedPrimary(SentinelConnectionPool, BlockingConnectionPool):
@@ -158,9 +225,11 @@ def _where(address: tuple[str, int] | None) -> str:
     return "" if address is None else f"{address[0]}:{address[1]}"
 
 
-def primary_of(redis: Redis) -> dict[str, Any] | None:
+def primary_of(redis: RedisClient) -> dict[str, Any] | None:
     """Where a Sentinel-followed client's primary is and when it last moved; None for a
-    single server."""
+    single server or a cluster."""
+    if isinstance(redis, RedisCluster):
+        return None
     pool = redis.connection_pool
     if not isinstance(pool, FollowedPrimary):
         return None

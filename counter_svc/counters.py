@@ -11,11 +11,12 @@ import time
 from enum import IntEnum
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from counter_svc.connections import RedisClient
 from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
-from counter_svc.pipelining import AutoPipeline
+from counter_svc.pipelining import make_pipeline
 from counter_svc.settings import Settings
 
 
@@ -161,7 +162,7 @@ class Counters:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         idle_ttl_s: int,
         tombstone_ttl_s: int,
@@ -178,10 +179,10 @@ class Counters:
         self._tombstone_s = tombstone_ttl_s
         self._absent_ms = absent_ttl_s * 1000
         self._idem_s = idem_ttl_s
-        self._calls = AutoPipeline(redis, LIBRARY, ack_replicas, ack_timeout_ms)
+        self._calls = make_pipeline(redis, LIBRARY, ack_replicas, ack_timeout_ms)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> Counters:
+    def from_settings(cls, redis: RedisClient, settings: Settings) -> Counters:
         return cls(
             redis,
             Keys.from_settings(settings),
@@ -202,7 +203,11 @@ class Counters:
     async def ping(self) -> None:
         """Raise unless Redis answers within REDIS_TIMEOUT_SECONDS (the readiness check)."""
         async with asyncio.timeout(self.timeout_s):
-            await self.redis.ping()
+            if isinstance(self.redis, RedisCluster):
+                # Every primary (one down leaves slots unserved); not the replicas.
+                await self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self.redis.ping()
 
     def _user_keys(self, user_id: int) -> list[str]:
         """counter, gone, absent: the first KEYS of every per-user script."""

@@ -9,6 +9,10 @@ anything: the library is loaded again and the call repeated, which is safe.
 The library's name carries a hash of its code (`usercounter_api_3fa9c01b2e`), so the API
 and the worker each load their own, and two versions of a process (a rolling upgrade)
 run side by side, each calling its own functions.
+
+In a Redis Cluster each primary holds its own copy: the library is loaded on every
+primary, and a node that answers "Function not found" (a primary added by a reshard,
+or restarted empty) gets it loaded on that node alone before the call is repeated.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
+
+from counter_svc.connections import RedisClient
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,21 @@ class Library:
             raise ValueError(f"{function.name} is not a function of {self.name}")
         return f"{self.name}_{function.name}"
 
-    async def load(self, redis: Redis) -> None:
-        await redis.function_load(self.code, replace=True)
+    async def load(self, redis: RedisClient, key: Any = None) -> None:
+        """Load the library; in a cluster on every primary, or with `key` only on the node
+        that serves its slot."""
+        if isinstance(redis, RedisCluster):
+            await self.load_on(redis, None if key is None else redis.get_node_from_key(key))
+        else:
+            await redis.function_load(self.code, replace=True)
+
+    async def load_on(self, redis: RedisCluster, node: ClusterNode | None) -> None:
+        """Load the library on one node of a cluster (None: on every primary)."""
+        target = RedisCluster.PRIMARIES if node is None else node
+        await redis.execute_command("FUNCTION LOAD", "REPLACE", self.code, target_nodes=target)
 
     async def call(
-        self, redis: Redis, function: Function, keys: Sequence[Any], args: Sequence[Any]
+        self, redis: RedisClient, function: Function, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:
         """FCALL on `redis`, loading the library first where it is missing."""
         name = self.qualified(function)
@@ -67,7 +83,7 @@ class Library:
         except ResponseError as e:
             if not is_missing(e):
                 raise
-        await self.load(redis)
+        await self.load(redis, keys[0] if keys else None)
         return await redis.fcall(name, len(keys), *keys, *args)
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
+from counter_svc.connections import RedisClient
 from counter_svc.settings import Settings
 
 
@@ -70,7 +69,7 @@ class Keys:
         return f"{self.prefix}:*"
 
 
-async def delete_all(redis: Redis, keys: Keys) -> int:
+async def delete_all(redis: RedisClient, keys: Keys) -> int:
     """Delete every key of this prefix (a test run, a benchmark, a retired tenant)."""
     deleted = 0
     batch: list[bytes] = []

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.asyncio.cluster import RedisCluster
 
 from counter_svc.connections import primary_of
 from counter_svc.settings import Settings
@@ -128,7 +129,12 @@ class BackendGauges:
 
         async def redis() -> dict[str, Any]:
             async with asyncio.timeout(self.redis_timeout):
-                info: dict[str, Any] = await store.counters.redis.info("memory")
+                client = store.counters.redis
+                if isinstance(client, RedisCluster):
+                    # One INFO per primary: the fullest one is the one that matters.
+                    nodes = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                    return fullest(nodes)
+                info: dict[str, Any] = await client.info("memory")
                 return info
 
         mysql_result, redis_result = await asyncio.gather(mysql(), redis(), return_exceptions=True)
@@ -145,3 +151,12 @@ class BackendGauges:
             self.redis_primary.labels(followed["primary"]).set(1)
             self.redis_failovers.set(followed["failovers"])
             self.redis_last_failover.set(followed["last_failover"] or 0)
+
+
+def fullest(per_node: dict[str, Any]) -> dict[str, Any]:
+    """Of a cluster's INFO memory replies (by node), the one using the most memory. A
+    single node's reply (one primary) is returned as it is."""
+    replies = [v for v in per_node.values() if isinstance(v, dict)]
+    if not replies:
+        return per_node
+    return max(replies, key=lambda info: int(info.get("used_memory", 0)))

@@ -12,6 +12,10 @@ With `ack_replicas` N > 0 (REDIS_ACK_REPLICAS), a batch holding a write ends wit
 have them, else they fail with `NotReplicated` ("may have counted"). One WAIT covers the
 whole batch, so durable acknowledgements cost one extra command per batch, not per call.
 
+In a Redis Cluster (`ClusterAutoPipeline`) the calls of a tick are grouped by the node
+that serves their keys' slot (all keys of a call share one hash tag), one pipeline per
+node, sent concurrently: a node that fails or times out fails only its own calls.
+
 One difference to weigh: when a connection drops mid-batch, every call of the batch
 fails (the API answers 503) although Redis may have run some of them, as a single call
 could too. Clients that retry on 503 send an Idempotency-Key and stay exact.
@@ -24,10 +28,12 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from counter_svc.connections import RedisClient
 from counter_svc.functions import Function, Library, is_missing
 
 # Bounds the work (and the reply) of one pipeline; a larger batch becomes several.
@@ -45,7 +51,7 @@ class AutoPipeline:
     """Runs `FCALL`s of one library, batching those made in the same loop tick."""
 
     def __init__(
-        self, redis: Redis, library: Library, ack_replicas: int = 0, ack_timeout_ms: int = 100
+        self, redis: RedisClient, library: Library, ack_replicas: int = 0, ack_timeout_ms: int = 100
     ) -> None:
         self.redis = redis
         self.library = library
@@ -142,6 +148,80 @@ class AutoPipeline:
                 raise
         await self.library.load(self.redis)
         return await self.redis.fcall(*argv)
+
+
+class ClusterAutoPipeline(AutoPipeline):
+    """`AutoPipeline` on a Redis Cluster: one pipeline per node, sent concurrently. The
+    redirections a reshard causes (MOVED, ASK, TRYAGAIN: the command did not run) are
+    followed by redis-py, one command at a time; nothing that may have run is resent.
+    REDIS_ACK_REPLICAS is refused with a cluster (settings), so no WAIT here."""
+
+    def __init__(self, redis: RedisCluster, library: Library) -> None:
+        super().__init__(redis, library)
+        self.cluster = redis
+        self._stale = False  # a node failed: read the slot table again
+        self._refreshing = asyncio.Lock()
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        await self.cluster.initialize()  # at start, or after redis-py asked for it
+        if self._stale:
+            async with self._refreshing:
+                if self._stale:
+                    await self.cluster.nodes_manager.initialize()
+                    self._stale = False
+        shards: dict[str, list[int]] = {}
+        for i, (_, argv, _) in enumerate(batch):
+            node = self.cluster.get_node_from_key(argv[2]) if argv[1] else None
+            shards.setdefault(node.name if node else "", []).append(i)
+        replies: list[Any] = [None] * len(batch)
+        answers = await asyncio.gather(
+            *(self._shard([batch[i][1] for i in calls]) for calls in shards.values())
+        )
+        for calls, answer in zip(shards.values(), answers, strict=True):
+            for i, reply in zip(calls, answer, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _shard(self, calls: list[list[Any]]) -> list[Any]:
+        """The replies of one node's calls, errors included; never raises."""
+        replies = await self._send_to_node(calls)
+        if any(is_missing(r) for r in replies):
+            # That node has no copy of the library (added by a reshard, or restarted
+            # empty): none of those calls ran. Load it there and send them again.
+            try:
+                await self.library.load(self.cluster, calls[0][2])
+            except RedisError as e:
+                return [copy.copy(e) if is_missing(r) else r for r in replies]
+            again = [i for i, r in enumerate(replies) if is_missing(r)]
+            retried = await self._send_to_node([calls[i] for i in again])
+            for i, reply in zip(again, retried, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _send_to_node(self, calls: list[list[Any]]) -> list[Any]:
+        try:
+            if len(calls) == 1:
+                return [await self.cluster.fcall(*calls[0])]
+            async with self.cluster.pipeline(transaction=False) as pipe:
+                for argv in calls:
+                    pipe.fcall(*argv)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except RedisError as e:
+            replies = [copy.copy(e) for _ in calls]
+        if any(isinstance(r, RedisConnectionError | RedisTimeoutError) for r in replies):
+            # The node may be gone (a failover): read the slot table again before the
+            # next batch, as redis-py does after a failed single command.
+            self._stale = True
+        return replies
+
+
+def make_pipeline(
+    redis: RedisClient, library: Library, ack_replicas: int = 0, ack_timeout_ms: int = 100
+) -> AutoPipeline:
+    """The auto-pipeline for this kind of client."""
+    if isinstance(redis, RedisCluster):
+        return ClusterAutoPipeline(redis, library)
+    return AutoPipeline(redis, library, ack_replicas, ack_timeout_ms)
 
 
 def _writes(library: Library, qualified: str) -> bool:

@@ -209,6 +209,9 @@ class Settings:
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_master: str = "usercounter"
     redis_sentinel_password: str = field(default="", repr=False)
+    # Cluster mode (docs/configuration.md#redis-modes): seed nodes of a Redis Cluster;
+    # REDIS_URL's credentials and TLS still apply to every node.
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
     # Durable acknowledgements: a write is answered once this many replicas have it.
     redis_ack_replicas: int = 0
     redis_ack_timeout_ms: int = 100
@@ -267,6 +270,17 @@ class Settings:
         key = _tls_file(c, "REDIS_TLS_KEY_FILE", redis_url)
         if bool(cert) != bool(key):
             raise SettingsError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+        sentinels = _addresses(c, "REDIS_SENTINELS")
+        cluster_nodes = _addresses(c, "REDIS_CLUSTER_NODES")
+        ack_replicas = read_int(c, "REDIS_ACK_REPLICAS", cls.redis_ack_replicas, 0, 16)
+        if sentinels and cluster_nodes:
+            raise SettingsError(
+                "REDIS_SENTINELS and REDIS_CLUSTER_NODES exclude each other: set one Redis mode"
+            )
+        if cluster_nodes and ack_replicas:
+            raise SettingsError(
+                "REDIS_ACK_REPLICAS is not supported with REDIS_CLUSTER_NODES yet; set it to 0"
+            )
         origins = _origins(c)
         credentials = read(c, "CORS_ALLOW_CREDENTIALS", boolean, cls.cors_allow_credentials)
         if credentials and "*" in origins:
@@ -287,12 +301,13 @@ class Settings:
             redis_timeout_seconds=read_float(
                 c, "REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, 0.05, 300
             ),
-            redis_sentinels=_addresses(c, "REDIS_SENTINELS"),
+            redis_sentinels=sentinels,
             redis_sentinel_master=_name(c, "REDIS_SENTINEL_MASTER", cls.redis_sentinel_master),
             redis_sentinel_password=read_secret(
                 c, "REDIS_SENTINEL_PASSWORD", cls.redis_sentinel_password
             ),
-            redis_ack_replicas=read_int(c, "REDIS_ACK_REPLICAS", cls.redis_ack_replicas, 0, 16),
+            redis_cluster_nodes=cluster_nodes,
+            redis_ack_replicas=ack_replicas,
             redis_ack_timeout_ms=read_int(
                 c, "REDIS_ACK_TIMEOUT_MS", cls.redis_ack_timeout_ms, 1, 60_000
             ),
@@ -358,6 +373,8 @@ class Settings:
         if self.redis_sentinels:
             env["REDIS_SENTINELS"] = ",".join(f"{h}:{p}" for h, p in self.redis_sentinels)
             env["REDIS_SENTINEL_MASTER"] = self.redis_sentinel_master
+        if self.redis_cluster_nodes:
+            env["REDIS_CLUSTER_NODES"] = ",".join(f"{h}:{p}" for h, p in self.redis_cluster_nodes)
         if self.redis_sentinel_password:
             env["REDIS_SENTINEL_PASSWORD"] = self.redis_sentinel_password
         if self.redis_ack_replicas:
@@ -379,6 +396,11 @@ class Settings:
                     "redis_sentinel_master": self.redis_sentinel_master,
                 }
                 if self.redis_sentinels
+                else {}
+            ),
+            **(
+                {"redis_cluster_nodes": [f"{h}:{p}" for h, p in self.redis_cluster_nodes]}
+                if self.redis_cluster_nodes
                 else {}
             ),
             "redis_ack_replicas": self.redis_ack_replicas,

@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
+from counter_svc.connections import RedisClient
 from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 
@@ -182,7 +181,7 @@ class Backlog:
 class Buckets:
     """The bucket operations of one worker: its lease token is its identity."""
 
-    def __init__(self, redis: Redis, keys: Keys, token: str) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, token: str) -> None:
         self.redis = redis
         self.keys = keys
         self.token = token

@@ -18,9 +18,9 @@ from functools import lru_cache
 
 import structlog
 from asyncmy.pool import Pool
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from counter_svc.connections import RedisClient
 from counter_svc.keys import Keys
 from sync_worker.buckets import Buckets
 from sync_worker.faults import Hook, no_fault
@@ -82,7 +82,7 @@ class Drainer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         mysql: Pool,
         keys: Keys,
         *,

@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from asyncmy.pool import Pool
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from counter_svc.connections import open_mysql, open_redis
+from counter_svc.connections import RedisClient, open_mysql, open_redis
 from counter_svc.keys import Keys
 from sync_worker.drain import Drainer, MySQLError
 from sync_worker.faults import Hook, WorkerFaults, no_fault
@@ -44,7 +43,7 @@ class Worker:
     def __init__(
         self,
         settings: WorkerSettings,
-        redis: Redis,
+        redis: RedisClient,
         mysql: Pool,
         metrics: Metrics | None = None,
         hook: Hook = no_fault,

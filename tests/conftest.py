@@ -17,7 +17,7 @@ import pytest
 from asyncmy.pool import Pool
 from redis.asyncio import Redis
 
-from counter_svc.connections import mysql_kwargs, open_mysql, open_redis
+from counter_svc.connections import mysql_kwargs, open_mysql, open_redis, open_single
 from counter_svc.counters import Counters
 from counter_svc.keys import Keys, delete_all
 from counter_svc.migrate import migrate
@@ -64,7 +64,7 @@ async def mysql(settings: Settings) -> AsyncIterator[Pool]:
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = open_redis(settings)
+    client = open_single(settings)
     yield client
     await client.aclose()
 

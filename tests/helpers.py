@@ -22,10 +22,9 @@ from subprocess import Popen
 import asyncmy
 import httpx
 from asyncmy.pool import Pool
-from redis.asyncio import Redis
 
 from counter_svc.app import create_app
-from counter_svc.connections import mysql_kwargs, open_redis
+from counter_svc.connections import RedisClient, mysql_kwargs, open_redis
 from counter_svc.counters import Counters, Outcome
 from counter_svc.faults import Hook
 from counter_svc.keys import Keys, delete_all
@@ -44,7 +43,7 @@ def keys_of(settings: Settings) -> Keys:
     return Keys.from_settings(settings)
 
 
-def counters_of(redis: Redis, settings: Settings) -> Counters:
+def counters_of(redis: RedisClient, settings: Settings) -> Counters:
     return Counters.from_settings(redis, settings)
 
 
@@ -79,7 +78,9 @@ async def mysql_counters(mysql: Pool) -> dict[int, int]:
         return {int(i): int(c) for i, c in await cur.fetchall()}
 
 
-async def redis_counters(redis: Redis, settings: Settings, ids: Iterable[int]) -> dict[int, int]:
+async def redis_counters(
+    redis: RedisClient, settings: Settings, ids: Iterable[int]
+) -> dict[int, int]:
     k = keys_of(settings)
     ids = list(ids)
     values = await redis.mget([k.counter(i) for i in ids])
@@ -244,7 +245,7 @@ async def run_cli(ws: WorkerSettings, *args: str, **env: str) -> subprocess.Comp
     )
 
 
-async def settle(redis: Redis, settings: Settings, within: float = 20.0) -> None:
+async def settle(redis: RedisClient, settings: Settings, within: float = 20.0) -> None:
     """Wait until no bucket has dirty or inflight ids (the worker caught up)."""
     k = keys_of(settings)
     deadline = time.monotonic() + within

@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import structlog
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from counter_svc.connections import REDIS_ERRORS
+from counter_svc.connections import REDIS_ERRORS, RedisClient
 from counter_svc.errors import error_response
 from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
@@ -157,7 +156,7 @@ class RateLimit:
         client = scope.get("client")
         forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
         who = client_address(client[0] if client else None, forwarded, self.trusted)
-        redis: Redis = scope["app"].state.store.counters.redis
+        redis: RedisClient = scope["app"].state.store.counters.redis
         try:
             raw = await LIBRARY.call(
                 redis, RATE_LIMIT, [self.keys.rate_limit(who)], [self.interval_ms, self.limit]

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from counter_svc.connections import open_redis
+from counter_svc.connections import open_single
 from counter_svc.counters import Counters, Outcome
 from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
@@ -131,7 +131,7 @@ async def test_a_lost_connection_fails_every_call_of_the_batch(settings: Setting
     """With Redis unreachable each caller gets a connection error, none hangs."""
     from dataclasses import replace
 
-    gone = open_redis(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    gone = open_single(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     try:
         counters = counters_for(settings, gone)
         results = await asyncio.wait_for(

@@ -15,7 +15,7 @@ from asyncmy.pool import Pool
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from counter_svc.connections import open_mysql, open_redis
+from counter_svc.connections import open_mysql, open_redis, open_single
 from counter_svc.counters import Outcome, now_ms
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
@@ -219,7 +219,7 @@ async def capped_redis(
     extra = ("--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru")
     with private_redis(tmp_path, appendonly=False, extra=extra) as server:
         own = replace(settings, redis_url=server.url)
-        client = open_redis(own)
+        client = open_single(own)
         try:
             yield own, client
         finally:
