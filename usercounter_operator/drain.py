@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncmy
-from redis.asyncio import Redis
 
+from counter_svc.connections import RedisClient
 from counter_svc.keys import Keys
 
 
@@ -42,7 +42,7 @@ class Backlog:
         )
 
 
-async def read_backlog(redis: Redis, keys: Keys) -> Backlog:
+async def read_backlog(redis: RedisClient, keys: Keys) -> Backlog:
     """ZCARD of every `dirty(b)` and HLEN of every `inflight(b)`, in one pipeline."""
     pipe = redis.pipeline(transaction=False)
     for b in range(keys.buckets):
@@ -124,7 +124,7 @@ def judge(backlog: Backlog, *, elapsed: float, timeout: float, mysql_ok: bool | 
 
 
 async def wait_drained(
-    redis: Redis,
+    redis: RedisClient,
     keys: Keys,
     *,
     limit_seconds: float,
