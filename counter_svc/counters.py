@@ -31,6 +31,25 @@ class Outcome(IntEnum):
     STALE = 5  # a seed refused: the bucket's generation moved since the MySQL read began
 
 
+def _best_effort(reply: Any) -> bool:
+    """Cache fills (a seed, the negative cache, a new user's counter at 0): a failover
+    that loses one costs a MySQL read, not an acknowledged change; no WAIT needed."""
+    return False
+
+
+# The bucket generation moves to a value it never had: at least the current microsecond
+# (Redis' clock), and always above the last. A plain counter could come back to a value a
+# stale reader saw, after a failover to a replica behind or a restart without data.
+GENERATION = """
+local function bump_generation(key)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', key) or '0')
+  if now <= last then now = last + 1 end
+  redis.call('SET', key, string.format('%.0f', now))
+end
+"""
+
 # Increment. KEYS: counter, gone, absent, dirty, generation, then idem when the request
 # has an Idempotency-Key (no empty key name: on a cluster it would hash to another slot).
 # ARGV: id, now_ms, seed ("" on the hot path), idempotency ttl seconds, the generation the
@@ -49,7 +68,12 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ''} end
 local idem = KEYS[6]
 if idem then
   local prev = redis.call('GET', idem)
-  if prev then return {3, prev} end
+  if prev then
+    -- Rewritten, so that this connection's WAIT covers the answer being replayed even
+    -- when the write that stored it went out on another connection.
+    redis.call('SET', idem, prev, 'KEEPTTL')
+    return {3, prev}
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[3] == '' then
@@ -66,6 +90,7 @@ redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
 if idem then redis.call('SET', idem, v, 'EX', ARGV[4]) end
 return {0, v}
 """,
+    confirms=lambda reply: int(reply[0]) in (Outcome.OK, Outcome.REPLAY),
 )
 
 # Read. KEYS: counter, gone, absent, generation. Returns {outcome, value}; a MISS (and an
@@ -98,6 +123,7 @@ if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then return {5, ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {0, ARGV[1]}
 """,
+    confirms=_best_effort,
 )
 
 # Remember that MySQL has no such row. KEYS: counter, gone, absent, generation. ARGV: ttl
@@ -114,6 +140,7 @@ if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[2] then return {5, ''} end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
 return {4, ''}
 """,
+    confirms=_best_effort,
 )
 
 # A user was just inserted. KEYS: counter, gone, absent, generation. ARGV: idle ttl ms.
@@ -126,9 +153,10 @@ CREATED = Function(
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
-redis.call('INCR', KEYS[4])
+bump_generation(KEYS[4])
 return 1
 """,
+    confirms=_best_effort,
 )
 
 # A user was just deleted from MySQL. KEYS: counter, gone, absent, dirty, inflight,
@@ -141,14 +169,14 @@ redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('EXISTS', KEYS[5]) == 0 then redis.call('DEL', KEYS[6]) end
-redis.call('INCR', KEYS[7])
+bump_generation(KEYS[7])
 return 1
 """,
 )
 
 
 # The API's functions, loaded as one library (counter_svc/functions.py).
-LIBRARY = Library("api", (INCREMENT, READ, SEED, MARK_ABSENT, CREATED, DELETED))
+LIBRARY = Library("api", (INCREMENT, READ, SEED, MARK_ABSENT, CREATED, DELETED), prelude=GENERATION)
 
 
 def now_ms() -> int:

@@ -18,8 +18,8 @@ or restarted empty) gets it loaded on that node alone before the call is repeate
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -36,17 +36,27 @@ class Function:
     name: str
     body: str
     flags: tuple[str, ...] = ()
+    # Which replies stand for a write a caller is promised (REDIS_ACK_REPLICAS: WAIT must
+    # confirm it, else the reply becomes NotReplicated). Default: every reply of a
+    # function that may write.
+    confirms: Callable[[Any], bool] | None = field(default=None, compare=False)
 
     @property
     def writes(self) -> bool:
         return "no-writes" not in self.flags
 
+    def promised_write(self, reply: Any) -> bool:
+        if self.confirms is not None:
+            return self.confirms(reply)
+        return self.writes
+
 
 class Library:
     """The functions of one process, under a name versioned by their code."""
 
-    def __init__(self, kind: str, functions: Sequence[Function]) -> None:
-        parts = [_register(f) for f in functions]
+    def __init__(self, kind: str, functions: Sequence[Function], prelude: str = "") -> None:
+        # `prelude`: Lua run when the library loads (local helpers its functions share).
+        parts = [prelude.strip(), *(_register(f) for f in functions)]
         digest = hashlib.sha1("\n".join(parts).encode(), usedforsecurity=False).hexdigest()
         self.name = f"usercounter_{kind}_{digest[:10]}"
         self.code = f"#!lua name={self.name}\n" + "\n".join(parts).replace(

@@ -108,20 +108,24 @@ class AutoPipeline:
         wait = self.ack_replicas > 0 and any(f.writes for f, _, _ in batch)
         if len(batch) == 1 and not wait:
             return [await self._single(batch[0][1])]
-        replies = await self._pipeline([argv for _, argv, _ in batch], wait)
-        if any(is_missing(r) for r in replies):
-            # Redis has no copy of the library (new, or restarted empty): none of those
-            # calls ran. Load it and send them again, with their own WAIT.
-            await self.library.load(self.redis)
-            again = [i for i, r in enumerate(replies) if is_missing(r)]
-            retried = await self._pipeline([batch[i][1] for i in again], wait)
+        replies = await self._pipeline(batch, wait)
+        again = [i for i, r in enumerate(replies) if is_missing(r)]
+        if again:
+            # Redis has no copy of the library (new, or restarted empty): those calls did
+            # not run. Load it and send them again, with their own WAIT; if that fails,
+            # only they fail, the others keep the answers they got.
+            try:
+                await self.library.load(self.redis)
+                retried = await self._pipeline([batch[i] for i in again], wait)
+            except Exception as e:
+                retried = [copy.copy(e) for _ in again]
             for i, reply in zip(again, retried, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, calls: list[list[Any]], wait: bool) -> list[Any]:
+    async def _pipeline(self, calls: list[_Call], wait: bool) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for argv in calls:
+            for _, argv, _ in calls:
                 pipe.fcall(*argv)
             if wait:
                 pipe.wait(self.ack_replicas, self.ack_timeout_ms)
@@ -129,14 +133,15 @@ class AutoPipeline:
         if wait:
             confirmed = replies.pop()
             if not isinstance(confirmed, int) or confirmed < self.ack_replicas:
-                error = NotReplicated(
+                message = (
                     f"{confirmed} of {self.ack_replicas} replicas confirmed the write "
                     f"within {self.ack_timeout_ms} ms"
                 )
-                # Reads of the batch keep their answers; writes may or may not survive.
+                # Only answers that promise a write become "may have counted"; reads, cache
+                # fills, misses and calls that did not run keep their answers.
                 replies = [
-                    error if argv and _writes(self.library, argv[0]) else reply
-                    for argv, reply in zip(calls, replies, strict=True)
+                    NotReplicated(message) if _promised(function, reply) else reply
+                    for (function, _, _), reply in zip(calls, replies, strict=True)
                 ]
         return replies
 
@@ -224,6 +229,5 @@ def make_pipeline(
     return AutoPipeline(redis, library, ack_replicas, ack_timeout_ms)
 
 
-def _writes(library: Library, qualified: str) -> bool:
-    function = library.functions.get(qualified.removeprefix(f"{library.name}_"))
-    return function is None or function.writes
+def _promised(function: Function, reply: Any) -> bool:
+    return not isinstance(reply, Exception) and function.promised_write(reply)

@@ -195,7 +195,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + len(b": \r\n"))
+        if self._in_head:  # not the trailers of a chunked body
+            self._count_head(len(name) + len(value) + len(b": \r\n"))
         super().on_header(name, value)
 
     def _count_head(self, size: int) -> None:

@@ -281,6 +281,12 @@ class Settings:
             raise SettingsError(
                 "REDIS_ACK_REPLICAS is not supported with REDIS_CLUSTER_NODES yet; set it to 0"
             )
+        ack_timeout_ms = read_int(c, "REDIS_ACK_TIMEOUT_MS", cls.redis_ack_timeout_ms, 1, 60_000)
+        redis_timeout = read_float(c, "REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, 0.05, 300)
+        if ack_timeout_ms >= redis_timeout * 1000:
+            # The WAIT would outlast the socket timeout: the connection would be dropped
+            # and the writes it waited for reported as an outage, not as unconfirmed.
+            raise SettingsError("REDIS_ACK_TIMEOUT_MS must be below REDIS_TIMEOUT_SECONDS (in ms)")
         origins = _origins(c)
         credentials = read(c, "CORS_ALLOW_CREDENTIALS", boolean, cls.cors_allow_credentials)
         if credentials and "*" in origins:
@@ -298,9 +304,7 @@ class Settings:
             redis_url=redis_url,
             redis_password=read_secret(c, "REDIS_PASSWORD", cls.redis_password),
             redis_pool_size=read_int(c, "REDIS_POOL_SIZE", cls.redis_pool_size, 1, 10_000),
-            redis_timeout_seconds=read_float(
-                c, "REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, 0.05, 300
-            ),
+            redis_timeout_seconds=redis_timeout,
             redis_sentinels=sentinels,
             redis_sentinel_master=_name(c, "REDIS_SENTINEL_MASTER", cls.redis_sentinel_master),
             redis_sentinel_password=read_secret(
@@ -308,9 +312,7 @@ class Settings:
             ),
             redis_cluster_nodes=cluster_nodes,
             redis_ack_replicas=ack_replicas,
-            redis_ack_timeout_ms=read_int(
-                c, "REDIS_ACK_TIMEOUT_MS", cls.redis_ack_timeout_ms, 1, 60_000
-            ),
+            redis_ack_timeout_ms=ack_timeout_ms,
             key_prefix=prefix,
             buckets=read_int(c, "COUNTER_BUCKETS", cls.buckets, 1, 16_384),
             # At least a minute: a counter must not expire (and be re-seeded from MySQL)

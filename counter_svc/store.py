@@ -119,7 +119,12 @@ class Store:
     async def increment(self, user_id: int, idem_key: str | None = None) -> int:
         seed: int | None = None
         generation: int | None = None
-        for _ in range(SEED_ATTEMPTS):
+        refusals = 0
+        # A pass per call: a miss takes two (read MySQL, then seed), a create that lands
+        # meanwhile one more; the bound counts refused seeds, as the reads' loops do.
+        for _ in range(3 * SEED_ATTEMPTS):
+            if refusals == SEED_ATTEMPTS:
+                break
             outcome, value = await self._redis(
                 self.counters.increment(user_id, idem_key, seed, generation)
             )
@@ -139,6 +144,7 @@ class Store:
                 self.metrics.cache_hits.inc()
             if outcome is Outcome.STALE:
                 self.metrics.stale_seeds.inc()
+                refusals += 1
                 continue
             if outcome in (Outcome.OK, Outcome.REPLAY) and value is not None:
                 if outcome is Outcome.OK:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from counter_svc.connections import RedisClient
+from counter_svc.counters import GENERATION
 from counter_svc.functions import Function, Library
 from counter_svc.keys import Keys
 
@@ -109,7 +110,7 @@ for i = 2, #ARGV, 2 do
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
-if expired > 0 then redis.call('INCR', KEYS[4]) end
+if expired > 0 then bump_generation(KEYS[4]) end
 return expired
 """,
     ("allow-oom",),
@@ -130,7 +131,7 @@ for i = 2, #ARGV do
   redis.call('HDEL', KEYS[2], id)
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-redis.call('INCR', KEYS[4])
+bump_generation(KEYS[4])
 return #ARGV - 1
 """,
     ("allow-oom",),
@@ -165,7 +166,9 @@ return raised
 
 # The worker's functions, loaded as one library (counter_svc/functions.py).
 LIBRARY = Library(
-    "worker", (TAKE_LEASE, RENEW_LEASE, RELEASE_LEASE, CLAIM, FINISH, FORGET, RAISE_BEHIND)
+    "worker",
+    (TAKE_LEASE, RENEW_LEASE, RELEASE_LEASE, CLAIM, FINISH, FORGET, RAISE_BEHIND),
+    prelude=GENERATION,
 )
 
 

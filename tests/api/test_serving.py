@@ -83,7 +83,7 @@ async def test_concurrent_increments_share_one_pipeline(
     batches: list[int] = []
     original = AutoPipeline._pipeline
 
-    async def spy(self: AutoPipeline, calls: list[list[Any]], wait: bool) -> list[Any]:
+    async def spy(self: AutoPipeline, calls: list[Any], wait: bool) -> list[Any]:
         batches.append(len(calls))
         return await original(self, calls, wait)
 

@@ -192,3 +192,11 @@ def test_cluster_mode_settings_are_read_and_checked() -> None:
     ]:
         with pytest.raises(SettingsError, match=match):
             Settings.from_env(config(**env))
+
+
+def test_the_ack_timeout_must_stay_below_the_redis_timeout() -> None:
+    """A WAIT longer than the socket timeout would drop the connection and report the
+    unconfirmed writes as an outage."""
+    with pytest.raises(SettingsError, match="REDIS_ACK_TIMEOUT_MS"):
+        Settings.from_env(config(REDIS_ACK_TIMEOUT_MS="1000", REDIS_TIMEOUT_SECONDS="1"))
+    assert Settings.from_env(config(REDIS_ACK_TIMEOUT_MS="999")).redis_ack_timeout_ms == 999

@@ -192,3 +192,24 @@ async def test_two_api_processes_one_stalled_before_its_seed_stay_exact(
             assert await held == 6
     await drainer.drain_bucket(keys_of(settings).bucket(user_id))
     assert (await mysql_counters(mysql))[user_id] == 6
+
+
+async def test_an_increment_gives_up_after_five_refused_seeds(
+    settings: Settings, redis: Redis
+) -> None:
+    """A bucket that changes under every MySQL read (here: a bump after each one) refuses
+    every seed: the increment reads MySQL five times, then answers 503 with Retry-After."""
+    reads = 0
+
+    async def bump_after_each_read(step: str) -> None:
+        nonlocal reads
+        reads += 1
+        await redis.incr(keys_of(settings).generation(keys_of(settings).bucket(user_id)))
+
+    async with running_app(settings, hook=bump_after_each_read) as client:
+        user_id = await create_user(client, "contended")
+        await redis.delete(keys_of(settings).counter(user_id))
+        r = await client.put(f"/api/v1/users/{user_id}/increment")
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    assert reads == 5

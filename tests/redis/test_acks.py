@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from counter_svc.settings import Settings
 from tests.faults import private_redis
 from tests.helpers import create_user, running_app
@@ -44,3 +46,37 @@ async def test_with_acks_off_the_same_primary_answers_200(
             r = await client.put(f"/api/v1/users/{user_id}/increment")
             assert r.status_code == 200
             assert r.json()["data"]["counter"] == 1
+
+
+async def test_only_promised_writes_wait_for_replicas(settings: Settings, tmp_path: Path) -> None:
+    """Cache fills and answers that wrote nothing keep their answers without replicas: a
+    cold count and get seed from MySQL (200), an unknown or deleted user is 404; a
+    replayed increment is a promise like the first, so it is 503 too."""
+    with private_redis(tmp_path, appendonly=False) as server:
+        base = replace(settings, redis_url=server.url)
+        async with running_app(base) as client:
+            user_id = await create_user(client, "cold")
+            gone = await create_user(client, "gone")
+            assert (await client.delete(f"/api/v1/users/{gone}")).status_code == 200
+            await client.put(f"/api/v1/users/{user_id}/increment")
+        await flush(server.url)  # every counter cold: the next reads seed from MySQL
+        acked = replace(base, redis_ack_replicas=1, redis_ack_timeout_ms=50)
+        async with running_app(acked) as client:
+            count = await client.get(f"/api/v1/users/{user_id}/count")
+            assert count.status_code == 200, count.text
+            assert (await client.get(f"/api/v1/users/{user_id}")).status_code == 200
+            assert (await client.put(f"/api/v1/users/{gone}/increment")).status_code == 404
+            assert (await client.put("/api/v1/users/999999/increment")).status_code == 404
+            key = {"Idempotency-Key": "order-1"}
+            for _ in range(2):  # the first, then its replay
+                r = await client.put(f"/api/v1/users/{user_id}/increment", headers=key)
+                assert r.status_code == 503, r.text
+                assert r.json()["error"] == "not_replicated"
+
+
+async def flush(url: str) -> None:
+    redis = Redis.from_url(url)
+    try:
+        await redis.flushall()
+    finally:
+        await redis.aclose()
