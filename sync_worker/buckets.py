@@ -10,14 +10,21 @@ drain again, and every increment would fail until an operator stepped in.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from counter_svc.connections import RedisClient
 from counter_svc.counters import GENERATION
-from counter_svc.functions import Function, Library
+from counter_svc.functions import Function, Library, is_missing
 from counter_svc.keys import Keys
+from counter_svc.pipelining import NotReplicated
 
 # Bucket lease. KEYS: lease. ARGV: token, ms.
 # Renew and release act only while the lease is still ours: a worker that stalled past its
@@ -63,6 +70,14 @@ CLAIM = Function(
     "claim",
     """
 if redis.call('EXISTS', KEYS[2]) == 1 then
+  -- Rewritten, so that the caller's WAIT covers the batch it gets back (Redis 7.2 moves a
+  -- connection's replication offset only when it writes).
+  local since = redis.call('GET', KEYS[3])
+  if not since then  -- left by an older version: the lag counts from now
+    local t = redis.call('TIME')
+    since = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
+  redis.call('SET', KEYS[3], since)
   return {1, redis.call('HGETALL', KEYS[2])}
 end
 local ids, out, since = {}, {}, nil
@@ -184,10 +199,23 @@ class Backlog:
 class Buckets:
     """The bucket operations of one worker: its lease token is its identity."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, token: str) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        token: str,
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = 100,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.token = token
+        # REDIS_ACK_REPLICAS: a claimed batch goes to MySQL only once that many replicas
+        # have it. MySQL seeds Redis: a value written there from a write that a failover
+        # then loses (one answered 503 not_replicated, which its client retries) would come
+        # back through a seed and count twice.
+        self.ack_replicas = ack_replicas
+        self.ack_timeout_ms = ack_timeout_ms
 
     async def take_lease(self, bucket: int, ms: int) -> bool:
         """Take the bucket's lease, or take back one this token still holds."""
@@ -210,16 +238,34 @@ class Buckets:
         # become dirty meanwhile wait for the next claim; the lease keeps peers away.
         members = await self.redis.zrange(k.dirty(bucket), 0, batch_size - 1)
         ids = [int(i) for i in members if isinstance(i, bytes | str)]
-        leftover, flat = await self._call(
-            CLAIM,
-            [
-                k.dirty(bucket),
-                k.inflight(bucket),
-                k.inflight_since(bucket),
-                *(k.counter(i) for i in ids),
-            ],
-            ids,
-        )
+        keys = [
+            k.dirty(bucket),
+            k.inflight(bucket),
+            k.inflight_since(bucket),
+            *(k.counter(i) for i in ids),
+        ]
+        if not self.ack_replicas or isinstance(self.redis, RedisCluster):
+            leftover, flat = await self._call(CLAIM, keys, ids)
+            return bool(leftover), list(flat)
+        # The WAIT on the connection that claimed: the replicas then have the batch and
+        # everything written before it.
+        name = LIBRARY.qualified(CLAIM)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.fcall(name, len(keys), *keys, *ids)
+            pipe.wait(self.ack_replicas, self.ack_timeout_ms)
+            (claimed, confirmed) = await pipe.execute(raise_on_error=False)
+        if is_missing(claimed):
+            await LIBRARY.load(self.redis)
+            return await self.claim(bucket, batch_size)
+        if isinstance(claimed, Exception):
+            raise claimed
+        leftover, flat = claimed
+        if flat and (not isinstance(confirmed, int) or confirmed < self.ack_replicas):
+            # Left in inflight: the next claim returns it, and waits again.
+            raise NotReplicated(
+                f"bucket {bucket}: {confirmed} of {self.ack_replicas} replicas have the "
+                f"claimed batch after {self.ack_timeout_ms} ms; not written to MySQL yet"
+            )
         return bool(leftover), list(flat)
 
     async def finish(self, bucket: int, idle_ms: int, done: list[bytes]) -> int:
@@ -260,13 +306,25 @@ class Buckets:
     async def _call(self, function: Function, keys: list[Any], args: list[Any]) -> Any:
         return await LIBRARY.call(self.redis, function, keys, args)
 
+    async def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            replies: list[Any] = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError):
+            if isinstance(self.redis, RedisCluster):
+                # redis-py does not read the slot table again after a pipeline's
+                # connection error (a single command's, it does): a node may be gone.
+                with contextlib.suppress(RedisError):
+                    await self.redis.nodes_manager.initialize()
+            raise
+        return replies
+
     async def busy(self) -> list[int]:
         """The buckets with dirty or claimed ids (one pipelined round trip)."""
         k = self.keys
         pipe = self.redis.pipeline(transaction=False)
         for b in range(k.buckets):
             pipe.exists(k.dirty(b), k.inflight(b))
-        replies = await pipe.execute()
+        replies = await self._execute(pipe)
         return [b for b, found in enumerate(replies) if found]
 
     async def backlog(self) -> Backlog:
@@ -279,7 +337,7 @@ class Buckets:
             pipe.hlen(k.inflight(b))
             pipe.zrange(k.dirty(b), 0, 0, withscores=True)
             pipe.get(k.inflight_since(b))
-        replies = await pipe.execute()
+        replies = await self._execute(pipe)
         oldest = [row[0][1] for row in replies[2::4] if row]
         # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
         # worker or API of an older version) must not read as lag.

@@ -96,6 +96,8 @@ class Drainer:
         hook: Hook = no_fault,
         token: str = "",
         repair: bool = True,
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = 100,
     ) -> None:
         self.redis = redis
         self.mysql = mysql
@@ -114,7 +116,7 @@ class Drainer:
         # (503 not_replicated), and they retry them with their keys; raising the counter
         # as well would count those twice, while GREATEST alone stays exact.
         self.repair = repair
-        self.buckets = Buckets(redis, keys, self.token)
+        self.buckets = Buckets(redis, keys, self.token, ack_replicas, ack_timeout_ms)
 
     async def drain_all(self, concurrency: int) -> list[Exception]:
         """One pass over every bucket with work, `concurrency` at a time. Returns the
@@ -125,8 +127,10 @@ class Drainer:
             # One pipelined look at every bucket: an idle bucket costs no lease, claim and
             # release round trips (four per bucket and pass otherwise).
             busy = await self.buckets.busy()
-        except RedisError as e:
-            return [e]
+        except RedisError:
+            # The look failed (a cluster node gone): every bucket, one call at a time,
+            # each followed to wherever its slot now lives.
+            busy = list(range(self.keys.buckets))
 
         async def one(bucket: int) -> None:
             async with gate:

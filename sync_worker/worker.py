@@ -67,6 +67,8 @@ class Worker:
             hook=hook,
             token=settings.worker_id,
             repair=base.redis_ack_replicas == 0,
+            ack_replicas=base.redis_ack_replicas,
+            ack_timeout_ms=base.redis_ack_timeout_ms,
         )
         self._lock = asyncio.Lock()
         self._failures = 0
