@@ -221,11 +221,15 @@ def _seconds(duration: str) -> float:
 
 def test_compose_has_the_services() -> None:
     """mysql, redis, a one-shot migrate, the api and the sync worker; the Redis primary,
-    replicas and Sentinels only with the `sentinel` profile."""
+    replicas and Sentinels only with the `sentinel` profile, the six Redis Cluster nodes
+    and the one-shot that creates the cluster only with the `cluster` profile."""
     services = {n: s for n, s in _compose()["services"].items() if not s.get("profiles")}
     assert set(services) == {"mysql", "redis", "migrate", "api", "sync-worker"}
     profiled = {n: s["profiles"] for n, s in _compose()["services"].items() if s.get("profiles")}
-    assert profiled == {name: ["sentinel"] for name in SENTINEL_DATA_NODES + SENTINEL_SENTINELS}
+    assert profiled == {
+        **{name: ["sentinel"] for name in SENTINEL_DATA_NODES + SENTINEL_SENTINELS},
+        **{name: ["cluster"] for name in [*CLUSTER_NODES, "redis-cluster-create"]},
+    }
     assert services["mysql"]["image"] == "mysql:8.0"
     assert services["redis"]["image"] == "redis:7.2"
     assert set(_app_services()) == {"migrate", "api", "sync-worker"}
@@ -361,6 +365,8 @@ def test_compose_passwords_are_dev_only_defaults() -> None:
 
 SENTINEL_DATA_NODES = ["redis-primary", "redis-replica-1", "redis-replica-2"]
 SENTINEL_SENTINELS = ["redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3"]
+# The `cluster` profile's nodes (tests/deploy/test_cluster_manifests.py checks them).
+CLUSTER_NODES = [f"redis-cluster-{i}" for i in range(1, 7)]
 # What the api and sync-worker read in Sentinel mode, on top of the base settings.
 SENTINEL_PREFIXES = ("REDIS_SENTINEL", "REDIS_ACK_")
 

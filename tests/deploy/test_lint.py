@@ -69,7 +69,8 @@ def test_checkov_passes(checkov_reports: dict[str, dict[str, Any]], framework: s
 
 def test_checkov_scans_every_overlay(checkov_reports: dict[str, dict[str, Any]]) -> None:
     """The kustomize scan covers each overlay's workloads, dev-sentinel's Redis data nodes
-    and Sentinels included (a component is scanned through the overlays that use it)."""
+    and Sentinels and dev-cluster's included (a component is scanned through the overlays
+    that use it)."""
     results = checkov_reports["kustomize"]["results"]
     resources = {
         r["resource"] for kind in ("passed_checks", "skipped_checks") for r in results[kind]
@@ -80,6 +81,8 @@ def test_checkov_scans_every_overlay(checkov_reports: dict[str, dict[str, Any]])
         ("usercounter-dev", "redis"),
         ("usercounter-dev-sentinel", "redis-data"),
         ("usercounter-dev-sentinel", "redis-sentinel"),
+        # dev-cluster has no Redis of its own (the operator runs it): its MySQL stands in
+        ("usercounter-dev-cluster", "mysql"),
     ):
         assert f"StatefulSet.{namespace}.{statefulset}" in scanned, statefulset
     # and the operator's own kustomization (k8s/operator)
