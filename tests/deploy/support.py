@@ -166,3 +166,24 @@ def strict_schema_errors(objects: tuple[dict[str, Any], ...]) -> list[str]:
         except SchemaNotFoundError as e:
             errors.append(f"{where}: {e.message}")
     return errors
+
+
+def render_component_on_base(workdir: Path, component: str) -> tuple[dict[str, Any], ...]:
+    """`k8s/components/<component>` over the bare base, as a production overlay would use
+    it, rendered in a copy of `k8s/` under `workdir`."""
+    tree = workdir / "k8s"
+    shutil.copytree(ROOT / "k8s", tree)
+    overlay = tree / "overlays" / f"with-{component}"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../../base"],
+                "components": [f"../../components/{component}"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    return render(overlay)

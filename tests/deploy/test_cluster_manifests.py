@@ -8,13 +8,11 @@ RedisCluster is checked for its names only."""
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.deploy.support import (
     APP_IMAGE,
@@ -24,6 +22,7 @@ from tests.deploy.support import (
     load_yaml,
     parse_settings,
     render,
+    render_component_on_base,
     run,
     strict_schema_errors,
     variables_read_by_code,
@@ -119,22 +118,7 @@ def _operator_pod_labels() -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def component_on_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Obj, ...]:
     """The component over the bare base, as a production overlay would use it."""
-    tree = tmp_path_factory.mktemp("k8s") / "k8s"
-    shutil.copytree(ROOT / "k8s", tree)
-    overlay = tree / "overlays" / "cluster"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": ["../../base"],
-                "components": ["../../components/redis-cluster"],
-            }
-        ),
-        encoding="utf-8",
-    )
-    return render(overlay)
+    return render_component_on_base(tmp_path_factory.mktemp("k8s"), "redis-cluster")
 
 
 # --- rendering and validation --------------------------------------------------------

@@ -29,6 +29,7 @@ from tests.deploy.support import (
     TEST_ONLY_VARIABLES,
     parse_settings,
     render,
+    render_component_on_base,
     strict_schema_errors,
     variables_read_by_code,
 )
@@ -194,22 +195,7 @@ def _anti_affinity_terms(sts: Obj) -> tuple[list[Obj], list[Obj]]:
 @pytest.fixture(scope="module")
 def component_on_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Obj, ...]:
     """The component over the bare base, as a production overlay would use it."""
-    tree = tmp_path_factory.mktemp("k8s") / "k8s"
-    shutil.copytree(ROOT / "k8s", tree)
-    overlay = tree / "overlays" / "ha"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": ["../../base"],
-                "components": ["../../components/redis-sentinel"],
-            }
-        ),
-        encoding="utf-8",
-    )
-    return render(overlay)
+    return render_component_on_base(tmp_path_factory.mktemp("k8s"), "redis-sentinel")
 
 
 @pytest.mark.parametrize("name", ["redis-data", "redis-sentinel"])
