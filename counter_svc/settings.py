@@ -277,10 +277,6 @@ class Settings:
             raise SettingsError(
                 "REDIS_SENTINELS and REDIS_CLUSTER_NODES exclude each other: set one Redis mode"
             )
-        if cluster_nodes and ack_replicas:
-            raise SettingsError(
-                "REDIS_ACK_REPLICAS is not supported with REDIS_CLUSTER_NODES yet; set it to 0"
-            )
         origins = _origins(c)
         credentials = read(c, "CORS_ALLOW_CREDENTIALS", boolean, cls.cors_allow_credentials)
         if credentials and "*" in origins:
