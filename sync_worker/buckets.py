@@ -11,8 +11,10 @@ drain again, and every increment would fail until an operator stepped in.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
 
 from counter_svc.connections import RedisClient
 from counter_svc.functions import Function, Library
@@ -176,6 +178,8 @@ class Backlog:
     dirty: int
     inflight: int
     lag_seconds: float  # age of the oldest increment not in MySQL, dirty or claimed
+    # Cluster mode: the same per primary (its address), over the buckets it serves.
+    shards: dict[str, Backlog] = field(default_factory=dict)
 
 
 class Buckets:
@@ -277,11 +281,25 @@ class Buckets:
             pipe.zrange(k.dirty(b), 0, 0, withscores=True)
             pipe.get(k.inflight_since(b))
         replies = await pipe.execute()
-        oldest = [row[0][1] for row in replies[2::4] if row]
-        # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
-        # worker or API of an older version) must not read as lag.
-        claims = zip(replies[1::4], replies[3::4], strict=True)
-        oldest += [float(since) for entries, since in claims if entries and since]
         now_ms = time.time() * 1000
-        lag = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
-        return Backlog(sum(replies[0::4]), sum(replies[1::4]), lag)
+        rows = [replies[4 * b : 4 * b + 4] for b in range(k.buckets)]
+        total = _summary(rows, now_ms)
+        if not isinstance(self.redis, RedisCluster):
+            return total
+        by_node: dict[str, list[list[Any]]] = {}
+        for b, row in enumerate(rows):
+            node = self.redis.get_node_from_key(k.dirty(b))
+            by_node.setdefault(node.name if node else "", []).append(row)
+        shards = {name: _summary(group, now_ms) for name, group in by_node.items()}
+        return Backlog(total.dirty, total.inflight, total.lag_seconds, shards)
+
+
+def _summary(rows: list[list[Any]], now_ms: float) -> Backlog:
+    """The backlog of some buckets, from their (ZCARD dirty, HLEN inflight, oldest dirty
+    entry, inflight_since) replies."""
+    oldest = [row[2][0][1] for row in rows if row[2]]
+    # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
+    # worker or API of an older version) must not read as lag.
+    oldest += [float(row[3]) for row in rows if row[1] and row[3]]
+    lag = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
+    return Backlog(sum(row[0] for row in rows), sum(row[1] for row in rows), lag)

@@ -29,12 +29,14 @@ from pathlib import Path
 import httpx
 import pytest
 from asyncmy.pool import Pool
+from prometheus_client import generate_latest
 from redis.exceptions import RedisError
 
 from counter_svc.connections import RedisClient, open_redis
 from counter_svc.counters import Outcome
 from counter_svc.settings import Settings
 from sync_worker.buckets import Buckets
+from sync_worker.drain import Drainer
 from tests.faults import wait_until
 from tests.helpers import (
     WorkerProcess,
@@ -401,6 +403,53 @@ async def test_a_node_without_functions_or_down_fails_only_its_calls(
     )
     assert failed == on_victim
     assert all(isinstance(e, RedisError) for e in errors), errors
+
+
+async def test_per_primary_backlog_and_memory(
+    settings: Settings, mysql: Pool, tmp_path: Path
+) -> None:
+    """The worker's backlog split by primary (the `shard` gauges) adds up to the total and
+    follows the buckets each primary serves; the API's /metrics has the memory of each
+    primary."""
+    with cluster_mode(settings, tmp_path) as (topo, own):
+        k = keys_of(own)
+        owners = slot_owners(topo, own)
+        ids = await add_users(mysql, own.buckets * 2)
+        async with running_app(own) as client:
+            answers = await asyncio.gather(
+                *(client.put(f"/api/v1/users/{i}/increment") for i in ids)
+            )
+            assert all(r.status_code == 200 for r in answers)
+            metrics = (await client.get("/metrics")).text
+        redis = open_redis(own)
+        try:
+            drain = Drainer(redis, mysql, k)
+            backlog = await drain.buckets.backlog()
+            await drain.observe()  # what the worker exports
+        finally:
+            await redis.aclose()
+    exported = generate_latest(drain.metrics.registry).decode()
+    names = {f"{h}:{p}" for h, p in set(owners.values())}
+    dirty = Counter(f"{h}:{p}" for h, p in (owners[k.bucket(i)] for i in ids))
+    memory = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("usercounter_redis_node_memory_used_bytes{")
+    ]
+    print(
+        f"\n[cluster 3x2, per primary] dirty backlog by shard "
+        f"{sorted((s, b.dirty) for s, b in backlog.shards.items())}; memory gauges {memory}"
+    )
+    assert set(backlog.shards) == names
+    assert {s: b.dirty for s, b in backlog.shards.items()} == dirty
+    assert sum(b.dirty for b in backlog.shards.values()) == backlog.dirty == len(ids)
+    assert max(b.lag_seconds for b in backlog.shards.values()) == backlog.lag_seconds
+    for shard, part in backlog.shards.items():
+        assert f'sync_shard_dirty_backlog{{shard="{shard}"}} {float(part.dirty)}' in exported
+        assert f'sync_shard_inflight{{shard="{shard}"}} 0.0' in exported
+        assert f'sync_shard_lag_seconds{{shard="{shard}"}}' in exported
+    assert {line.split('node="')[1].split('"')[0] for line in memory} == names
+    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in memory)
 
 
 def slot_owners(topo: RedisClusterTopology, own: Settings) -> dict[int, Address]:
