@@ -14,6 +14,7 @@ never restarted.
   MySQL = Redis = acknowledged, exactly.
 - WAIT goes to the node that ran the writes: with one primary's replica stopped, the
   increments of that primary's buckets answer 503 not_replicated, the others 200.
+- Per primary: the worker's backlog gauges by shard and the API's memory per primary.
 """
 
 from __future__ import annotations
