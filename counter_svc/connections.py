@@ -10,12 +10,14 @@ import asyncmy
 import structlog
 from asyncmy.pool import Pool
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from counter_svc.settings import Settings
 
@@ -148,6 +150,11 @@ class Cluster(RedisCluster):
             await self.nodes_manager.aclose("startup_nodes")
         await super().aclose()
 
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return FollowingPipeline(self, transaction)  # type: ignore[abstract]
+
     async def _determine_slot(self, command: str, *args: Any) -> int:
         if command.upper() in ("FCALL", "FCALL_RO") and len(args) >= 2:
             keys = args[2 : 2 + int(args[1])]
@@ -157,6 +164,26 @@ class Cluster(RedisCluster):
             if slots:
                 return slots.pop()
         return await super()._determine_slot(command, *args)
+
+
+class FollowingPipeline(ClusterPipeline):
+    """A cluster pipeline after which a failed node leads to a new read of the slot table
+    before the next command, as a failed single command does. With no retries (see
+    `open_cluster`), redis-py's pipeline only raises (or returns) the connection error
+    and keeps the old table: a client that talks to Redis mostly in pipelines (the
+    worker) would keep calling the dead primary after a failover."""
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            replies: list[Any] = await super().execute(raise_on_error, allow_redirections)
+        except (RedisConnectionError, RedisTimeoutError):
+            self.cluster_client._initialize = True
+            raise
+        if any(isinstance(r, RedisConnectionError | RedisTimeoutError) for r in replies):
+            self.cluster_client._initialize = True
+        return replies
 
 
 class FollowedPrimary(SentinelConnectionPool, BlockingConnectionPool):

@@ -100,6 +100,19 @@ class BackendGauges:
             "Redis maxmemory at the last scrape (0: no limit).",
             registry=r,
         )
+        # Cluster mode only: the memory of each primary (`node`: its address).
+        self.redis_node_used = Gauge(
+            "usercounter_redis_node_memory_used_bytes",
+            "used_memory of one Redis Cluster primary at the last scrape (Cluster mode).",
+            ["node"],
+            registry=r,
+        )
+        self.redis_node_max = Gauge(
+            "usercounter_redis_node_memory_max_bytes",
+            "maxmemory of one Redis Cluster primary at the last scrape (0: no limit).",
+            ["node"],
+            registry=r,
+        )
         # Sentinel mode only: where the primary is, and failovers seen by this process.
         self.redis_primary = Gauge(
             "usercounter_redis_primary",
@@ -122,6 +135,17 @@ class BackendGauges:
         self.mysql_timeout = settings.mysql_timeout_seconds
         self.redis_timeout = settings.redis_timeout_seconds
 
+    def _per_primary(self, per_node: dict[str, Any]) -> None:
+        """Cluster mode: each primary's memory; a primary gone since (failover) drops out."""
+        if "used_memory" in per_node:  # one primary: redis-py gives its reply, unnamed
+            return
+        self.redis_node_used.clear()
+        self.redis_node_max.clear()
+        for name, info in per_node.items():
+            if isinstance(info, dict):
+                self.redis_node_used.labels(name).set(int(info.get("used_memory", 0)))
+                self.redis_node_max.labels(name).set(int(info.get("maxmemory", 0)))
+
     async def refresh(self, store: Any) -> None:
         async def mysql() -> None:
             async with asyncio.timeout(self.mysql_timeout):
@@ -133,6 +157,7 @@ class BackendGauges:
                 if isinstance(client, RedisCluster):
                     # One INFO per primary: the fullest one is the one that matters.
                     nodes = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                    self._per_primary(nodes)
                     return fullest(nodes)
                 info: dict[str, Any] = await client.info("memory")
                 return info

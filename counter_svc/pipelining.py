@@ -28,9 +28,9 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from counter_svc.connections import RedisClient
@@ -159,10 +159,22 @@ class ClusterAutoPipeline(AutoPipeline):
     """`AutoPipeline` on a Redis Cluster: one pipeline per node, sent concurrently. The
     redirections a reshard causes (MOVED, ASK, TRYAGAIN: the command did not run) are
     followed by redis-py, one command at a time; nothing that may have run is resent.
-    REDIS_ACK_REPLICAS is refused with a cluster (settings), so no WAIT here."""
 
-    def __init__(self, redis: RedisCluster, library: Library) -> None:
-        super().__init__(redis, library)
+    With `ack_replicas` N > 0, a node's batch that holds a write is sent by this class
+    straight to that node (`ClusterNode.execute_pipeline`: one connection, one write)
+    and ends with `WAIT N timeout` on it. WAIT has no key, so only this addressing puts
+    it on the connection that carried the writes; its count covers that node's writes of
+    the batch, which fail with `NotReplicated` when it falls short. Redirected calls did
+    not run: they are sent again to the node named, in a batch with its own WAIT."""
+
+    def __init__(
+        self,
+        redis: RedisCluster,
+        library: Library,
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = 100,
+    ) -> None:
+        super().__init__(redis, library, ack_replicas, ack_timeout_ms)
         self.cluster = redis
         self._stale = False  # a node failed: read the slot table again
         self._refreshing = asyncio.Lock()
@@ -204,6 +216,10 @@ class ClusterAutoPipeline(AutoPipeline):
         return replies
 
     async def _send_to_node(self, calls: list[list[Any]]) -> list[Any]:
+        if self.ack_replicas > 0 and calls[0][1] and self._any_write(calls):
+            node = self.cluster.get_node_from_key(calls[0][2])
+            if node is not None:
+                return await self._send_with_wait(node, [(argv, False) for argv in calls])
         try:
             if len(calls) == 1:
                 return [await self.cluster.fcall(*calls[0])]
@@ -213,11 +229,96 @@ class ClusterAutoPipeline(AutoPipeline):
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
         except RedisError as e:
             replies = [copy.copy(e) for _ in calls]
+        self._note_failures(replies)
+        return replies
+
+    def _any_write(self, calls: list[list[Any]]) -> bool:
+        return any(_function_of(self.library, argv[0]).writes for argv in calls)
+
+    def _note_failures(self, replies: list[Any]) -> None:
         if any(isinstance(r, RedisConnectionError | RedisTimeoutError) for r in replies):
             # The node may be gone (a failover): read the slot table again before the
             # next batch, as redis-py does after a failed single command.
             self._stale = True
+
+    async def _send_with_wait(
+        self, node: ClusterNode, calls: list[tuple[list[Any], bool]], hops: int = 3
+    ) -> list[Any]:
+        """`calls` (each with whether it follows an ASK: ASKING goes just before it) and
+        then WAIT, as one pipeline on one connection of `node`. Never raises."""
+        commands: list[PipelineCommand] = []
+        sent: list[PipelineCommand] = []
+        for argv, asking in calls:
+            if asking:
+                commands.append(PipelineCommand(len(commands), "ASKING"))
+            sent.append(PipelineCommand(len(commands), "FCALL", *argv))
+            commands.append(sent[-1])
+        wait = PipelineCommand(len(commands), "WAIT", self.ack_replicas, self.ack_timeout_ms)
+        commands.append(wait)
+        try:
+            await node.execute_pipeline(commands)
+        except RedisError as e:
+            for c in commands:
+                c.result = copy.copy(e)
+        replies = [c.result for c in sent]
+        self._note_failures(replies)
+        confirmed = wait.result
+        if not isinstance(confirmed, int) or confirmed < self.ack_replicas:
+            error = NotReplicated(
+                f"{confirmed} of {self.ack_replicas} replicas of {node.name} confirmed the "
+                f"write within {self.ack_timeout_ms} ms"
+            )
+            # Writes that ran may or may not survive; reads keep their answers, and so
+            # do calls that failed (redirected, no library, the connection lost).
+            replies = [
+                error if _promised(_function_of(self.library, argv[0]), reply) else reply
+                for (argv, _), reply in zip(calls, replies, strict=True)
+            ]
+        redirected = [i for i, r in enumerate(replies) if _redirection(r)]
+        if redirected and hops > 0:
+            await self._follow(calls, replies, redirected, hops)
         return replies
+
+    async def _follow(
+        self,
+        calls: list[tuple[list[Any], bool]],
+        replies: list[Any],
+        redirected: list[int],
+        hops: int,
+    ) -> None:
+        """Send the redirected calls again (they did not run) where Redis said, each
+        target node's share as one pipeline with its own WAIT; fills `replies`."""
+        targets: dict[tuple[str, bool], tuple[ClusterNode, list[int]]] = {}
+        for i in redirected:
+            e = replies[i]
+            argv = calls[i][0]
+            if isinstance(e, MovedError):
+                await self.cluster.nodes_manager.move_slot(e)
+                node = self.cluster.get_node_from_key(argv[2])
+                asking = False
+            elif isinstance(e, AskError):
+                node = self.cluster.nodes_manager.get_node(host=e.host, port=e.port)
+                asking = True
+            else:  # TRYAGAIN: a slot mid-migration; a moment later
+                await asyncio.sleep(0.05)
+                node = self.cluster.get_node_from_key(argv[2])
+                asking = False
+            if node is None:
+                continue  # keeps its redirection error
+            targets.setdefault((node.name, asking), (node, []))[1].append(i)
+        answers = await asyncio.gather(
+            *(
+                self._send_with_wait(node, [(calls[i][0], asking) for i in idx], hops - 1)
+                for (_, asking), (node, idx) in targets.items()
+            )
+        )
+        for (_, idx), answer in zip(targets.values(), answers, strict=True):
+            for i, reply in zip(idx, answer, strict=True):
+                replies[i] = reply
+
+
+def _redirection(reply: Any) -> bool:
+    return isinstance(reply, MovedError | AskError | TryAgainError)
 
 
 def make_pipeline(
@@ -225,9 +326,13 @@ def make_pipeline(
 ) -> AutoPipeline:
     """The auto-pipeline for this kind of client."""
     if isinstance(redis, RedisCluster):
-        return ClusterAutoPipeline(redis, library)
+        return ClusterAutoPipeline(redis, library, ack_replicas, ack_timeout_ms)
     return AutoPipeline(redis, library, ack_replicas, ack_timeout_ms)
 
 
 def _promised(function: Function, reply: Any) -> bool:
     return not isinstance(reply, Exception) and function.promised_write(reply)
+
+
+def _function_of(library: Library, qualified: str) -> Function:
+    return library.functions[qualified.removeprefix(f"{library.name}_")]

@@ -277,10 +277,6 @@ class Settings:
             raise SettingsError(
                 "REDIS_SENTINELS and REDIS_CLUSTER_NODES exclude each other: set one Redis mode"
             )
-        if cluster_nodes and ack_replicas:
-            raise SettingsError(
-                "REDIS_ACK_REPLICAS is not supported with REDIS_CLUSTER_NODES yet; set it to 0"
-            )
         ack_timeout_ms = read_int(c, "REDIS_ACK_TIMEOUT_MS", cls.redis_ack_timeout_ms, 1, 60_000)
         redis_timeout = read_float(c, "REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, 0.05, 300)
         if ack_timeout_ms >= redis_timeout * 1000:

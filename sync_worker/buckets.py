@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -194,6 +194,8 @@ class Backlog:
     dirty: int
     inflight: int
     lag_seconds: float  # age of the oldest increment not in MySQL, dirty or claimed
+    # Cluster mode: the same per primary (its address), over the buckets it serves.
+    shards: dict[str, Backlog] = field(default_factory=dict)
 
 
 class Buckets:
@@ -244,19 +246,15 @@ class Buckets:
             k.inflight_since(bucket),
             *(k.counter(i) for i in ids),
         ]
-        if not self.ack_replicas or isinstance(self.redis, RedisCluster):
+        if not self.ack_replicas:
             leftover, flat = await self._call(CLAIM, keys, ids)
             return bool(leftover), list(flat)
         # The WAIT on the connection that claimed: the replicas then have the batch and
         # everything written before it.
-        name = LIBRARY.qualified(CLAIM)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.fcall(name, len(keys), *keys, *ids)
-            pipe.wait(self.ack_replicas, self.ack_timeout_ms)
-            (claimed, confirmed) = await pipe.execute(raise_on_error=False)
+        claimed, confirmed = await self._claim_and_wait(keys, ids)
         if is_missing(claimed):
-            await LIBRARY.load(self.redis)
-            return await self.claim(bucket, batch_size)
+            await LIBRARY.load(self.redis, keys[0])
+            claimed, confirmed = await self._claim_and_wait(keys, ids)
         if isinstance(claimed, Exception):
             raise claimed
         leftover, flat = claimed
@@ -267,6 +265,28 @@ class Buckets:
                 f"claimed batch after {self.ack_timeout_ms} ms; not written to MySQL yet"
             )
         return bool(leftover), list(flat)
+
+    async def _claim_and_wait(self, keys: list[Any], ids: list[int]) -> tuple[Any, Any]:
+        """CLAIM then WAIT on one connection: of the node that owns the bucket in a
+        cluster (WAIT has no key to route it by), else of the primary."""
+        argv = (LIBRARY.qualified(CLAIM), len(keys), *keys, *ids)
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+            node = self.redis.get_node_from_key(keys[0])
+            if node is None:
+                return RedisConnectionError(f"no node serves {keys[0]}"), None
+            claim = PipelineCommand(0, "FCALL", *argv)
+            wait = PipelineCommand(1, "WAIT", self.ack_replicas, self.ack_timeout_ms)
+            try:
+                await node.execute_pipeline([claim, wait])
+            except RedisError as e:
+                return e, None
+            return claim.result, wait.result
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.fcall(*argv)
+            pipe.wait(self.ack_replicas, self.ack_timeout_ms)
+            claimed, confirmed = await pipe.execute(raise_on_error=False)
+        return claimed, confirmed
 
     async def finish(self, bucket: int, idle_ms: int, done: list[bytes]) -> int:
         """After the commit: `done` is [id, value, ...] as claimed. Returns the counters
@@ -338,11 +358,25 @@ class Buckets:
             pipe.zrange(k.dirty(b), 0, 0, withscores=True)
             pipe.get(k.inflight_since(b))
         replies = await self._execute(pipe)
-        oldest = [row[0][1] for row in replies[2::4] if row]
-        # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
-        # worker or API of an older version) must not read as lag.
-        claims = zip(replies[1::4], replies[3::4], strict=True)
-        oldest += [float(since) for entries, since in claims if entries and since]
         now_ms = time.time() * 1000
-        lag = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
-        return Backlog(sum(replies[0::4]), sum(replies[1::4]), lag)
+        rows = [replies[4 * b : 4 * b + 4] for b in range(k.buckets)]
+        total = _summary(rows, now_ms)
+        if not isinstance(self.redis, RedisCluster):
+            return total
+        by_node: dict[str, list[list[Any]]] = {}
+        for b, row in enumerate(rows):
+            node = self.redis.get_node_from_key(k.dirty(b))
+            by_node.setdefault(node.name if node else "", []).append(row)
+        shards = {name: _summary(group, now_ms) for name, group in by_node.items()}
+        return Backlog(total.dirty, total.inflight, total.lag_seconds, shards)
+
+
+def _summary(rows: list[list[Any]], now_ms: float) -> Backlog:
+    """The backlog of some buckets, from their (ZCARD dirty, HLEN inflight, oldest dirty
+    entry, inflight_since) replies."""
+    oldest = [row[2][0][1] for row in rows if row[2]]
+    # Only beside a non-empty inflight: a record that outlived its batch (emptied by a
+    # worker or API of an older version) must not read as lag.
+    oldest += [float(row[3]) for row in rows if row[1] and row[3]]
+    lag = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
+    return Backlog(sum(row[0] for row in rows), sum(row[1] for row in rows), lag)

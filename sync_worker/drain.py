@@ -283,3 +283,12 @@ class Drainer:
         self.metrics.backlog.set(backlog.dirty)
         self.metrics.inflight.set(backlog.inflight)
         self.metrics.lag.set(backlog.lag_seconds)
+        if backlog.shards:
+            # Primaries come and go (failover, new nodes): only the current ones.
+            m = self.metrics
+            for gauge in (m.shard_backlog, m.shard_inflight, m.shard_lag):
+                gauge.clear()
+            for shard, part in backlog.shards.items():
+                self.metrics.shard_backlog.labels(shard).set(part.dirty)
+                self.metrics.shard_inflight.labels(shard).set(part.inflight)
+                self.metrics.shard_lag.labels(shard).set(part.lag_seconds)

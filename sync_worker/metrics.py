@@ -25,6 +25,25 @@ class Metrics:
             "is behind Redis.",
             registry=r,
         )
+        # Cluster mode: the same three per primary; `shard` is the primary's address.
+        self.shard_backlog = Gauge(
+            "sync_shard_dirty_backlog",
+            "sync_dirty_backlog of the buckets one Redis Cluster primary serves.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_inflight = Gauge(
+            "sync_shard_inflight",
+            "sync_inflight of the buckets one Redis Cluster primary serves.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_lag = Gauge(
+            "sync_shard_lag_seconds",
+            "sync_lag_seconds of the buckets one Redis Cluster primary serves.",
+            ["shard"],
+            registry=r,
+        )
         self.flushed = Counter(
             "sync_counters_flushed", "Counter values written to MySQL.", registry=r
         )

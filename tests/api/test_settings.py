@@ -173,10 +173,12 @@ def test_sentinel_mode_settings_are_read_and_checked() -> None:
 
 
 def test_cluster_mode_settings_are_read_and_checked() -> None:
-    """REDIS_CLUSTER_NODES selects Cluster mode; it excludes Sentinel mode, and durable
-    acknowledgements are refused with it (not implemented for a cluster)."""
+    """REDIS_CLUSTER_NODES selects Cluster mode; it excludes Sentinel mode and takes
+    durable acknowledgements (REDIS_ACK_REPLICAS, a WAIT per node)."""
     s = Settings.from_env(config(REDIS_CLUSTER_NODES="redis-0:6379, [::1]:7001"))
     assert s.redis_cluster_nodes == (("redis-0", 6379), ("::1", 7001))
+    acked = Settings.from_env(config(REDIS_CLUSTER_NODES="redis-0:6379", REDIS_ACK_REPLICAS="1"))
+    assert acked.redis_ack_replicas == 1
     assert s.environ()["REDIS_CLUSTER_NODES"] == "redis-0:6379,::1:7001"
     assert s.safe_summary()["redis_cluster_nodes"] == ["redis-0:6379", "::1:7001"]
     for env, match in [
@@ -184,10 +186,6 @@ def test_cluster_mode_settings_are_read_and_checked() -> None:
         (
             {"REDIS_CLUSTER_NODES": "redis-0:6379", "REDIS_SENTINELS": "sentinel-0:26379"},
             "REDIS_SENTINELS and REDIS_CLUSTER_NODES exclude each other",
-        ),
-        (
-            {"REDIS_CLUSTER_NODES": "redis-0:6379", "REDIS_ACK_REPLICAS": "1"},
-            "REDIS_ACK_REPLICAS is not supported with REDIS_CLUSTER_NODES",
         ),
     ]:
         with pytest.raises(SettingsError, match=match):

@@ -6,10 +6,15 @@ never restarted.
   Idempotency-Keys, while two workers drain: MySQL = Redis = acknowledged.
 - Resharding under load: slots that hold buckets move between primaries while
   increments flow and the workers drain: exact at the end.
-- Failover (REDIS_ACK_REPLICAS 0, the only setting in cluster mode): a primary is
-  killed with SIGKILL mid-run; its replica takes over and the API and workers follow
-  without a restart. What the failover lost is measured; after the repair drain Redis
-  and MySQL agree and MySQL never went back.
+- Failover with REDIS_ACK_REPLICAS 0: a primary is killed with SIGKILL mid-run; its
+  replica takes over and the API and workers follow without a restart. What the
+  failover lost is measured; after the repair drain Redis and MySQL agree and MySQL
+  never went back.
+- Failover with REDIS_ACK_REPLICAS 1: the same kill loses nothing acknowledged:
+  MySQL = Redis = acknowledged, exactly.
+- WAIT goes to the node that ran the writes: with one primary's replica stopped, the
+  increments of that primary's buckets answer 503 not_replicated, the others 200.
+- Per primary: the worker's backlog gauges by shard and the API's memory per primary.
 """
 
 from __future__ import annotations
@@ -25,18 +30,22 @@ from pathlib import Path
 import httpx
 import pytest
 from asyncmy.pool import Pool
+from prometheus_client import generate_latest
 from redis.exceptions import RedisError
 
 from counter_svc.connections import RedisClient, open_redis
 from counter_svc.counters import Outcome
 from counter_svc.settings import Settings
 from sync_worker.buckets import Buckets
+from sync_worker.drain import Drainer
+from tests.faults import wait_until
 from tests.helpers import (
     WorkerProcess,
     add_users,
     counters_of,
     keys_of,
     mysql_counters,
+    running_app,
     serving,
     settle,
     worker_settings,
@@ -57,12 +66,18 @@ USERS = 1000
 
 @contextmanager
 def cluster_mode(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, ack_replicas: int = 0
 ) -> Iterator[tuple[RedisClusterTopology, Settings]]:
     with redis_cluster(tmp_path) as topo:
         yield (
             topo,
-            replace(settings, redis_cluster_nodes=tuple(topo.seeds), redis_timeout_seconds=0.5),
+            replace(
+                settings,
+                redis_cluster_nodes=tuple(topo.seeds),
+                redis_timeout_seconds=0.5,
+                redis_ack_replicas=ack_replicas,
+                redis_ack_timeout_ms=200,
+            ),
         )
 
 
@@ -257,6 +272,101 @@ async def test_primary_killed_mid_run_is_followed_without_restart(
     assert lost >= 0
 
 
+async def test_primary_killed_mid_run_with_ack_replicas_loses_nothing(
+    settings: Settings, mysql: Pool, tmp_path: Path
+) -> None:
+    """REDIS_ACK_REPLICAS=1: kill -9 of a primary under load. Its replica takes over; the
+    killed node is started again and rejoins as the new primary's replica (until then
+    WAIT 1 on that shard confirms nothing: its increments answer 503 and are retried
+    with their Idempotency-Keys). The API and the workers are never restarted. Every
+    200 was on a replica before it was sent, so nothing acknowledged is lost:
+    MySQL = Redis = acknowledged, exactly."""
+    with cluster_mode(settings, tmp_path, ack_replicas=1) as (topo, own):
+        ids = await add_users(mysql, USERS)
+        with serving(own, tmp_path / "api.log") as (url, _):
+            workers = two_workers(own)
+            try:
+                for w in workers:
+                    await w.await_line('"event":"started"', within=20)
+                clients = Clients(url, ids)
+                load = asyncio.create_task(clients.run(per_lane=60, deadline_s=180))
+                sampler = asyncio.create_task(sample_mysql(mysql, clients, load))
+                await asyncio.sleep(1.5)
+                old = topo.kill(topo.primaries()[0].address)
+                kill_at = time.monotonic()
+                failover_s = await asyncio.to_thread(topo.wait_for_failover, old, 30)
+                await asyncio.to_thread(topo.restart, topo.node(old))
+                await asyncio.to_thread(topo.wait_ok, 30)
+                rejoined_s = time.monotonic() - kill_at
+                await load
+                await sampler
+                in_redis, in_mysql = await drained(own, mysql, ids)
+                spread = buckets_per_primary(topo, own)
+                assert all(w.proc.poll() is None for w in workers), "followed without restart"
+            finally:
+                for w in workers:
+                    w.kill()
+    expected = clients.expected()
+    print(
+        f"\n[cluster 3x2, ACK replicas 1, kill -9 primary] failover {failover_s:.2f} s, "
+        f"old primary back as a replica after {rejoined_s:.2f} s, no increment answered "
+        f"for {recovered_after(kill_at, clients):.2f} s; acknowledged "
+        f"{sum(expected.values())}, lost 0, retries {clients.retries}; buckets per primary "
+        f"after {sorted(spread.values())}; MySQL = Redis = acknowledged"
+    )
+    assert clients.unanswered == 0
+    assert sum(expected.values()) == LANES * 60
+    assert in_redis == expected
+    assert in_mysql == expected
+    assert_never_decreased([*clients.mysql_samples, in_mysql])
+
+
+async def test_wait_goes_to_the_node_that_ran_the_writes(
+    settings: Settings, mysql: Pool, tmp_path: Path
+) -> None:
+    """REDIS_ACK_REPLICAS=1 and one primary's replica stopped: one tick of increments
+    over every bucket. Those on that primary answer 503 not_replicated (its WAIT sees no
+    replica), all others 200 (their primaries' WAITs are confirmed): each node's WAIT
+    was sent to that node, on the connection of its writes. Reads on the primary without
+    a replica still answer."""
+    with cluster_mode(settings, tmp_path, ack_replicas=1) as (topo, own):
+        k = keys_of(own)
+        owners = slot_owners(topo, own)
+        victim = topo.primaries()[0].address
+        # CLUSTER NODES of the node asked may not list the replica as such at once.
+        wait_until(lambda: len(topo.replicas_of(victim)) == 1, 10, "the victim's replica")
+        (replica,) = topo.replicas_of(victim)
+        ids = await add_users(mysql, own.buckets * 4)
+        async with running_app(own) as client:
+            # Every counter in Redis first, each increment confirmed by a replica.
+            first = await asyncio.gather(*(client.put(f"/api/v1/users/{i}/increment") for i in ids))
+            assert all(r.status_code == 200 for r in first), [r.text for r in first]
+            topo.kill(replica.address)
+            answers = await asyncio.gather(
+                *(client.put(f"/api/v1/users/{i}/increment") for i in ids)
+            )
+            on_victim = [i for i in ids if owners[k.bucket(i)] == victim]
+            reads = await asyncio.gather(
+                *(client.get(f"/api/v1/users/{i}/count") for i in on_victim)
+            )
+    refused = {i for i, r in zip(ids, answers, strict=True) if r.status_code == 503}
+    print(
+        f"\n[cluster 3x2, ACK replicas 1, one replica stopped] {len(ids)} increments in "
+        f"one tick: {len(refused)} answered 503 not_replicated, all of the "
+        f"{len(on_victim)} on the primary without a replica; {len(ids) - len(refused)} "
+        f"answered 200"
+    )
+    assert refused == set(on_victim)
+    assert 0 < len(on_victim) < len(ids)
+    for i, r in zip(ids, answers, strict=True):
+        if i in refused:
+            assert r.json()["error"] == "not_replicated", r.text
+        else:
+            assert r.status_code == 200, r.text
+    assert all(r.status_code == 200 for r in reads)
+    assert all(r.json()["data"]["counter"] == 2 for r in reads), "ran, not acknowledged"
+
+
 async def test_a_node_without_functions_or_down_fails_only_its_calls(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -294,6 +404,53 @@ async def test_a_node_without_functions_or_down_fails_only_its_calls(
     )
     assert failed == on_victim
     assert all(isinstance(e, RedisError) for e in errors), errors
+
+
+async def test_per_primary_backlog_and_memory(
+    settings: Settings, mysql: Pool, tmp_path: Path
+) -> None:
+    """The worker's backlog split by primary (the `shard` gauges) adds up to the total and
+    follows the buckets each primary serves; the API's /metrics has the memory of each
+    primary."""
+    with cluster_mode(settings, tmp_path) as (topo, own):
+        k = keys_of(own)
+        owners = slot_owners(topo, own)
+        ids = await add_users(mysql, own.buckets * 2)
+        async with running_app(own) as client:
+            answers = await asyncio.gather(
+                *(client.put(f"/api/v1/users/{i}/increment") for i in ids)
+            )
+            assert all(r.status_code == 200 for r in answers)
+            metrics = (await client.get("/metrics")).text
+        redis = open_redis(own)
+        try:
+            drain = Drainer(redis, mysql, k)
+            backlog = await drain.buckets.backlog()
+            await drain.observe()  # what the worker exports
+        finally:
+            await redis.aclose()
+    exported = generate_latest(drain.metrics.registry).decode()
+    names = {f"{h}:{p}" for h, p in set(owners.values())}
+    dirty = Counter(f"{h}:{p}" for h, p in (owners[k.bucket(i)] for i in ids))
+    memory = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("usercounter_redis_node_memory_used_bytes{")
+    ]
+    print(
+        f"\n[cluster 3x2, per primary] dirty backlog by shard "
+        f"{sorted((s, b.dirty) for s, b in backlog.shards.items())}; memory gauges {memory}"
+    )
+    assert set(backlog.shards) == names
+    assert {s: b.dirty for s, b in backlog.shards.items()} == dirty
+    assert sum(b.dirty for b in backlog.shards.values()) == backlog.dirty == len(ids)
+    assert max(b.lag_seconds for b in backlog.shards.values()) == backlog.lag_seconds
+    for shard, part in backlog.shards.items():
+        assert f'sync_shard_dirty_backlog{{shard="{shard}"}} {float(part.dirty)}' in exported
+        assert f'sync_shard_inflight{{shard="{shard}"}} 0.0' in exported
+        assert f'sync_shard_lag_seconds{{shard="{shard}"}}' in exported
+    assert {line.split('node="')[1].split('"')[0] for line in memory} == names
+    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in memory)
 
 
 def slot_owners(topo: RedisClusterTopology, own: Settings) -> dict[int, Address]:
