@@ -223,13 +223,15 @@ def test_app_env_parses_with_the_real_settings_in_cluster_mode(
                 assert settings.redis_password == "stand-in"
 
 
-def test_settings_refuse_acknowledged_replicas_in_cluster_mode(tmp_path: Path) -> None:
-    """Why the component keeps REDIS_ACK_REPLICAS=0: the settings refuse more with
-    REDIS_CLUSTER_NODES, so an overlay that raises it stops the pods at start."""
+def test_an_overlay_may_raise_acknowledged_replicas_in_cluster_mode(tmp_path: Path) -> None:
+    """The component keeps REDIS_ACK_REPLICAS=0 (one replica per primary); an overlay for a
+    cluster with two replicas per primary may set 1, and the settings take it."""
     env = dict(_by_prefix("ConfigMap", "usercounter-config")["data"])
+    assert env["REDIS_ACK_REPLICAS"] == "0"
     env["REDIS_ACK_REPLICAS"] = "1"
-    with pytest.raises(Exception, match="REDIS_ACK_REPLICAS"):
-        parse_settings(env, tmp_path)
+    settings = parse_settings(env, tmp_path).base
+    assert settings.redis_cluster_nodes
+    assert settings.redis_ack_replicas == 1
 
 
 # --- NetworkPolicies --------------------------------------------------------------------
