@@ -187,3 +187,10 @@ def render_component_on_base(workdir: Path, component: str) -> tuple[dict[str, A
         encoding="utf-8",
     )
     return render(overlay)
+
+
+def only_object(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    """The one rendered object of `kind` named `name`."""
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]

@@ -20,6 +20,7 @@ from tests.deploy.support import (
     TEST_ONLY_VARIABLES,
     api_settings,
     load_yaml,
+    only_object,
     parse_settings,
     render,
     render_component_on_base,
@@ -50,13 +51,7 @@ def _objects() -> tuple[Obj, ...]:
 
 
 def _get(kind: str, name: str, objects: tuple[Obj, ...] | None = None) -> Obj:
-    matches = [
-        o
-        for o in (objects if objects is not None else _objects())
-        if o["kind"] == kind and o["metadata"]["name"] == name
-    ]
-    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
-    return matches[0]
+    return only_object(objects if objects is not None else _objects(), kind, name)
 
 
 def _by_prefix(kind: str, prefix: str, objects: tuple[Obj, ...] | None = None) -> Obj:

@@ -27,6 +27,7 @@ from tests.deploy.support import (
     APP_IMAGE,
     ROOT,
     TEST_ONLY_VARIABLES,
+    only_object,
     parse_settings,
     render,
     render_component_on_base,
@@ -48,13 +49,7 @@ def _objects() -> tuple[Obj, ...]:
 
 
 def _get(kind: str, name: str, objects: tuple[Obj, ...] | None = None) -> Obj:
-    matches = [
-        o
-        for o in (objects if objects is not None else _objects())
-        if o["kind"] == kind and o["metadata"]["name"] == name
-    ]
-    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
-    return matches[0]
+    return only_object(objects if objects is not None else _objects(), kind, name)
 
 
 def _by_prefix(kind: str, prefix: str) -> Obj:
