@@ -6,6 +6,9 @@ never restarted.
   Idempotency-Keys, while two workers drain: MySQL = Redis = acknowledged.
 - Resharding under load: slots that hold buckets move between primaries while
   increments flow and the workers drain: exact at the end.
+- A slot caught half moved (counters on the target, the dirty set on the source): the
+  drain's claim is redirected, never run where the counters look missing; no dirty id
+  is dropped, and after the move every value reaches MySQL.
 - Failover with REDIS_ACK_REPLICAS 0: a primary is killed with SIGKILL mid-run; its
   replica takes over and the API and workers follow without a restart. What the
   failover lost is measured; after the repair drain Redis and MySQL agree and MySQL
@@ -220,6 +223,64 @@ async def test_resharding_under_load_is_exact(
     assert clients.unanswered == 0
     assert in_redis == clients.expected()
     assert in_mysql == clients.expected()
+
+
+async def test_a_drain_while_its_slot_moves_drops_no_dirty_id(
+    settings: Settings, mysql: Pool, tmp_path: Path
+) -> None:
+    """A bucket's slot caught half moved: its counters already on the target primary,
+    its dirty set still on the source. The claim names every key, so the cluster
+    redirects it (ASK, then TRYAGAIN while the keys are split) instead of running it on
+    a node that would see the counters as missing; no dirty id is dropped, and once the
+    slot has moved the next drain writes every value to MySQL."""
+    with cluster_mode(settings, tmp_path) as (topo, own):
+        k = keys_of(own)
+        bucket = 0
+        source = slot_owners(topo, own)[bucket]
+        target = next(p.address for p in topo.primaries() if p.address != source)
+        ids = [i for i in await add_users(mysql, own.buckets * 4) if k.bucket(i) == bucket]
+        async with running_app(own) as client:
+            for i in ids:
+                assert (await client.put(f"/api/v1/users/{i}/increment")).status_code == 200
+        pw = topo.password
+        slot = int(_call(source, pw, "CLUSTER KEYSLOT", k.tag(bucket)))
+        node_ids = {n.address: n.id for n in topo.cluster_nodes()}
+        _call(target, pw, "CLUSTER", "SETSLOT", slot, "IMPORTING", node_ids[source])
+        _call(source, pw, "CLUSTER", "SETSLOT", slot, "MIGRATING", node_ids[target])
+        counter_keys = [k.counter(i) for i in ids]
+        _call(source, pw, "MIGRATE", *target, "", 0, 5000, "KEYS", *counter_keys)
+        redis = open_redis(own)
+        try:
+            drain = Drainer(redis, mysql, k, batch_size=100, lease_seconds=5)
+            mid_migration_errors = await drain.drain_all(concurrency=4)
+            still_dirty = int(_call(source, pw, "ZCARD", k.dirty(bucket)))
+            written_mid_migration = await mysql_counters(mysql)
+            # The rest of the slot's keys, then the slot itself, as `redis-cli --cluster
+            # reshard` finishes a slot.
+            rest = _call(source, pw, "CLUSTER", "GETKEYSINSLOT", slot, 1000)
+            _call(source, pw, "MIGRATE", *target, "", 0, 5000, "KEYS", *rest)
+            for p in topo.primaries():
+                _call(p.address, pw, "CLUSTER", "SETSLOT", slot, "NODE", node_ids[target])
+            await asyncio.to_thread(topo.wait_ok)
+            for _ in range(20):
+                errors = await drain.drain_all(concurrency=4)
+                if not errors and not await drain.buckets.busy():
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await redis.aclose()
+        in_mysql = await mysql_counters(mysql)
+    refusals = [f"{type(e).__name__}: {e}"[:90] for e in mid_migration_errors]
+    print(
+        f"\n[cluster 3x2, slot {slot} half moved] {len(ids)} dirty ids of bucket {bucket}; "
+        f"the drain mid-migration: {refusals}; "
+        f"dirty kept on the source {still_dirty}; MySQL after the move "
+        f"{sum(in_mysql[i] for i in ids)}"
+    )
+    assert len(ids) >= 2
+    assert still_dirty == len(ids)
+    assert all(written_mid_migration[i] == 0 for i in ids)
+    assert {i: in_mysql[i] for i in ids} == {i: 1 for i in ids}
 
 
 async def test_primary_killed_mid_run_is_followed_without_restart(
