@@ -23,7 +23,7 @@ from counter_svc.settings import Settings
 from tests.deploy.support import OVERLAY, ROOT, render, run, tool
 from tests.faults import free_port
 from tests.helpers import WorkerProcess, create_user, running_app, worker_settings
-from tests.topology import SentinelTopology, sentinel_topology
+from tests.topology import SentinelTopology, redis_cluster, sentinel_topology
 
 MONITORING = ROOT / "k8s" / "monitoring"
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -140,12 +140,14 @@ async def sentinel_api_metrics(settings: Settings, tmp_path: Path) -> AsyncItera
             yield exposed((await client.get("/metrics")).text)
 
 
-@pytest.fixture
-async def worker_metrics(settings: Settings) -> AsyncIterator[set[str]]:
-    """`python -m sync_worker`'s /metrics after it drained one increment."""
+@contextlib.asynccontextmanager
+async def drained_worker_metrics(settings: Settings, username: str) -> AsyncIterator[set[str]]:
+    """The metric names of the API and of `python -m sync_worker` after the worker
+    drained one increment of a new user."""
     async with running_app(settings) as client:
-        user_id = await create_user(client, "drained")
-        await client.put(f"/api/v1/users/{user_id}/increment")
+        user_id = await create_user(client, username)
+        assert (await client.put(f"/api/v1/users/{user_id}/increment")).status_code == 200
+        api = exposed((await client.get("/metrics")).text)
     port = free_port()
     worker = WorkerProcess(worker_settings(settings, metrics_port=port))
     try:
@@ -160,9 +162,25 @@ async def worker_metrics(settings: Settings) -> AsyncIterator[set[str]]:
                     break
                 assert time.monotonic() < deadline, "the worker drained no batch in 30 s"
                 await asyncio.sleep(0.1)
-            yield exposed(text)
+            yield api | exposed(text)
     finally:
         worker.kill()
+
+
+@pytest.fixture
+async def worker_metrics(settings: Settings) -> AsyncIterator[set[str]]:
+    async with drained_worker_metrics(settings, "drained") as names:
+        yield names
+
+
+@pytest.fixture
+async def cluster_metrics(settings: Settings, tmp_path: Path) -> AsyncIterator[set[str]]:
+    """The API's and the worker's /metrics in Cluster mode: the per-primary series (the
+    backlog by shard, the memory by node) exist only there."""
+    with redis_cluster(tmp_path) as topology:
+        own = replace(settings, redis_cluster_nodes=tuple(topology.seeds))
+        async with drained_worker_metrics(own, "sharded") as names:
+            yield names
 
 
 def batches_committed(text: str) -> float:
@@ -171,14 +189,19 @@ def batches_committed(text: str) -> float:
 
 
 def test_every_queried_metric_is_exported(
-    api_metrics: set[str], sentinel_api_metrics: set[str], worker_metrics: set[str]
+    api_metrics: set[str],
+    sentinel_api_metrics: set[str],
+    worker_metrics: set[str],
+    cluster_metrics: set[str],
 ) -> None:
     """Each metric in the dashboard's and the alerts' PromQL (with its _total, _bucket...
-    suffix) is in the live /metrics of the API (on one Redis server or, for the Redis
-    primary's gauge, in Sentinel mode) or of the worker."""
+    suffix) is in the live /metrics of the API (on one Redis server, or for the Redis
+    primary's gauge in Sentinel mode) or of the worker, or for the per-primary series of
+    either in Cluster mode."""
     queried = queried_metrics()
     assert len(queried) > 15, queried
-    missing = queried - api_metrics - sentinel_api_metrics - worker_metrics
+    exported = api_metrics | sentinel_api_metrics | worker_metrics | cluster_metrics
+    missing = queried - exported
     assert not missing, f"queried but exported by neither: {sorted(missing)}"
     assert api_metrics <= sentinel_api_metrics, "Sentinel mode drops a metric"
 
