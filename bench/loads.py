@@ -135,6 +135,7 @@ class Stats:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    p999_ms: float
     max_ms: float
     errors: int
     error_rate: float
@@ -156,6 +157,7 @@ def stats(run: K6Run, tag: str, seconds: float) -> Stats:
         p50_ms=float(duration.get("med", 0.0)),
         p95_ms=float(duration.get("p(95)", 0.0)),
         p99_ms=float(duration.get("p(99)", 0.0)),
+        p999_ms=float(duration.get("p(99.9)", 0.0)),
         max_ms=float(duration.get("max", 0.0)),
         errors=int(failed.get("passes", 0)),
         error_rate=float(failed.get("rate", 0.0)),

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import checks, loads, redis_modes, report, stack
+from bench import checks, latency, loads, redis_modes, report, stack
 from counter_svc.connections import mysql_kwargs, open_redis
 from counter_svc.counters import INCREMENT, LIBRARY
 from counter_svc.keys import Keys
@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--drain-users",
         type=int,
-        default=int(env("BENCH_DRAIN_USERS", "50000")),
-        help="dirty counters for the drain-rate phase (BENCH_DRAIN_USERS, 50000)",
+        default=int(env("BENCH_DRAIN_USERS", "100000")),
+        help="dirty counters for the drain-rate phase (BENCH_DRAIN_USERS, 100000)",
     )
     p.add_argument(
         "--database",
@@ -103,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         default=env("BENCH_REDIS_MODES", "1") == "0",
         help="skip the Redis modes phase (bench/redis_modes.py; BENCH_REDIS_MODES=0)",
+    )
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        default=env("BENCH_LATENCY", "1") == "0",
+        help="skip the tail-latency phase (bench/latency.py; BENCH_LATENCY=0)",
     )
     p.add_argument("--keep", action="store_true", help="keep the database and keys at the end")
     p.add_argument(
@@ -138,6 +144,8 @@ class Bench:
         total = (args.rounds * len(PHASES) + 1) * per_phase + args.rounds * 4 + 25
         if not args.no_redis_modes:
             total += redis_modes.estimate_s(args)
+        if not args.no_latency:
+            total += latency.estimate_s(args)
         self.progress = loads.Progress(total)
         self.api: stack.Child | None = None
         self.worker: stack.Child | None = None
@@ -403,6 +411,15 @@ def modes_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     )
 
 
+def latency_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """MySQL as for the other phases, with a database and key prefix of its own."""
+    return replace(
+        settings,
+        mysql_database=f"{args.database[:56]}_latency",
+        key_prefix=f"{args.key_prefix[:24]}-latency",
+    )
+
+
 def versions(settings: Settings) -> dict[str, str]:
     async def servers() -> tuple[str, str]:
         import asyncmy
@@ -428,6 +445,35 @@ def versions(settings: Settings) -> dict[str, str]:
         "redis": redis,
         "k6": report.tool_version([loads.k6_binary(), "version"]).split(" (")[0],
     }
+
+
+def side_by_side_phases(
+    args: argparse.Namespace,
+    settings: Settings,
+    results: Path,
+    ver: dict[str, str],
+    progress: loads.Progress,
+) -> list[dict[str, Any]]:
+    """The phases that compare variants on one pinned API process, each with a database
+    and servers of its own; returns their exactness checks that failed."""
+    failed: list[dict[str, Any]] = []
+    if not args.no_latency:
+        try:
+            out = latency.run_phase(
+                args, latency_settings(settings, args), results / "latency", ver, progress
+            )
+        except (RuntimeError, TimeoutError, OSError) as e:
+            raise RuntimeError(f"the latency phase failed: {e}") from e
+        failed += [c for c in out["checks"] if not c["ok"]]
+    if not args.no_redis_modes:
+        try:
+            out = redis_modes.run_phase(
+                args, modes_settings(settings, args), results / "redis-modes", ver, progress
+            )
+        except (RuntimeError, TimeoutError, OSError) as e:
+            raise RuntimeError(f"the Redis modes phase failed: {e}") from e
+        failed += [c for c in out["checks"] if not c["ok"]]
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,15 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             f"target {t['target']}: {t['measured']} — {'met' if t['met'] else 'MISSED'}"
         )
     mismatches = [d for d in out["drain_checks"] if not d["ok"]]
-    if not args.no_redis_modes:
-        try:
-            modes = redis_modes.run_phase(
-                args, modes_settings(settings, args), results / "redis-modes", ver, bench.progress
-            )
-        except (RuntimeError, TimeoutError, OSError) as e:
-            print(f"bench: the Redis modes phase failed: {e}", file=sys.stderr)
-            return 1
-        mismatches += [c for c in modes["checks"] if not c["ok"]]
+    try:
+        mismatches += side_by_side_phases(args, settings, results, ver, bench.progress)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
     if out.get("drain_rate") and not out["drain_rate"]["mysql_ok"]:
         mismatches.append(out["drain_rate"])
     if mismatches:

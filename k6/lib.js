@@ -78,7 +78,7 @@ export function thresholds(scenario, ops, p95, p99, errorRate) {
   return t;
 }
 
-export const TREND_STATS = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max', 'count'];
+export const TREND_STATS = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'p(99.9)', 'max', 'count'];
 
 // A name unique to this run, so runs against one deployment never collide on usernames.
 export function runTag() {
