@@ -8,4 +8,4 @@ from counter_svc.settings import Settings
 _settings = Settings.from_env()
 configure_logging(_settings.log_format, _settings.log_level)
 _faults = ApiFaults.from_env()  # API_FAULT: tests only
-app = create_app(_settings, hook=_faults.hit if _faults.armed else None)
+app = create_app(_settings, hook=_faults.hit if _faults.armed else None, freeze_gc=True)
