@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import orjson
 import structlog
 from asyncmy.pool import Pool
 from redis.exceptions import RedisError
@@ -33,16 +34,20 @@ class MySQLError(Exception):
     """A batch could not be written to MySQL; its claim stays in `inflight`."""
 
 
-@lru_cache(maxsize=16)
-def update_sql(n: int) -> str:
-    """One statement for n (id, value) pairs. A JOIN never inserts, so a deleted row stays
-    deleted; GREATEST keeps MySQL monotonic when an old batch is replayed. Plain SQL that
-    MySQL 8.0 and MariaDB 10.11 both run (no VALUES ROW, no upsert alias)."""
-    rows = " UNION ALL ".join(["SELECT %s AS id, %s AS v"] + ["SELECT %s, %s"] * (n - 1))
-    return (
-        f"UPDATE users u JOIN ({rows}) t ON u.id = t.id "  # noqa: S608 - placeholders only
-        "SET u.counter = GREATEST(u.counter, t.v)"
-    )
+# One statement for the whole batch. A JOIN never inserts, so a deleted row stays deleted;
+# GREATEST keeps MySQL monotonic when an old batch is replayed. The (id, value) pairs
+# travel as one JSON array that JSON_TABLE (MySQL 8.0, MariaDB 10.6+) turns into rows:
+# one parameter to send and parse instead of two per row in a UNION of SELECTs, which
+# wrote 1.3 to 2.6 times fewer rows a second in a side-by-side run (docs/benchmarks.md).
+UPDATE_SQL = (
+    "UPDATE users u JOIN JSON_TABLE(%s, '$[*]' COLUMNS ("
+    "id INT PATH '$[0]' ERROR ON EMPTY, v BIGINT PATH '$[1]' ERROR ON EMPTY)) t "
+    "ON u.id = t.id SET u.counter = GREATEST(u.counter, t.v)"
+)
+
+
+def update_params(values: dict[int, int]) -> list[str]:
+    return [orjson.dumps(list(values.items())).decode()]
 
 
 @lru_cache(maxsize=16)
@@ -229,12 +234,11 @@ class Drainer:
             raise MySQLError(f"batch of {len(values)} not written: {e!r}") from e
 
     async def _write(self, values: dict[int, int]) -> Written:
-        params = [x for pair in values.items() for x in pair]
         async with self.mysql.acquire() as conn:
             try:
                 await conn.begin()
                 async with conn.cursor() as cur:
-                    changed = await cur.execute(update_sql(len(values)), params)
+                    changed = await cur.execute(UPDATE_SQL, update_params(values))
                     result = Written()
                     # A row unchanged is gone, already at the value (a replayed batch), or
                     # ahead of it; only then is the extra lookup needed.
