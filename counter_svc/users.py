@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from asyncmy.errors import IntegrityError, InterfaceError, InternalError, OperationalError
 from asyncmy.pool import Pool
 
-from counter_svc.errors import Unavailable, UsernameTaken
+from counter_svc.errors import Overloaded, Unavailable, UsernameTaken
 
 T = TypeVar("T")
 
@@ -32,6 +32,19 @@ class MySQLUnavailable(Unavailable):
     """MySQL could not be reached or did not answer in time."""
 
 
+class MySQLOverloaded(Overloaded):
+    """No pooled connection came free within MYSQL_TIMEOUT_SECONDS, every one busy with a
+    query of another request, while MySQL answered the last query that ended."""
+
+    backend = "mysql"
+
+
+# The errors of a MySQL that is down, unreachable or too slow. RuntimeError: asyncmy
+# raises it when a connection is reset while it is being set up ("Transport does not
+# expose socket instance"); it is an outage, not a bug here.
+_OUTAGE = (OperationalError, InterfaceError, InternalError, OSError, TimeoutError, RuntimeError)
+
+
 class Users:
     """Queries on the users table, each bounded by a timeout and mapped to domain errors."""
 
@@ -39,6 +52,8 @@ class Users:
         self.pool = pool
         self.timeout_s = timeout_s
         self._on_error = on_error
+        self.busy = 0  # connections checked out of the pool by a query under way
+        self.answering = True  # whether the last query that ended reached MySQL
 
     async def get(self, user_id: int) -> User | None:
         async def q(cur: Any) -> User | None:
@@ -78,13 +93,38 @@ class Users:
 
         await self._run(q)
 
+    async def check(self) -> str:
+        """The readiness check: "ok" when MySQL answers a ping; "busy" when the pool is
+        saturated (a probe must not queue behind requests: its own deadline is shorter
+        than the wait); raises MySQLUnavailable when MySQL does not answer."""
+        if self.saturated():
+            return "busy"
+        try:
+            await self.ping()
+        except MySQLOverloaded:
+            return "busy"
+        return "ok"
+
+    def saturated(self) -> bool:
+        """Every connection the pool may hold is checked out by a query, none is being
+        opened, and the last query that ended reached MySQL: a new query can only wait.
+
+        `pool.size` counts free, checked-out and connecting connections; `busy` counts
+        those checked out here (this class is the pool's only user), so the rest are being
+        opened: a wait spent connecting to a dead server is an outage, not overload."""
+        pool = self.pool
+        opening = pool.size - pool.freesize - self.busy
+        return self.answering and pool.size >= pool.maxsize and opening == 0
+
     async def _run(self, query: Callable[[Any], Awaitable[T]]) -> T:
+        conn = None
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await self.pool.acquire()
+                self.busy += 1
                 try:
                     async with conn.cursor() as cur:
-                        return await query(cur)
+                        result = await query(cur)
                 except UsernameTaken:
                     raise
                 except BaseException:
@@ -93,16 +133,17 @@ class Users:
                     conn.close()
                     raise
                 finally:
+                    self.busy -= 1
                     self.pool.release(conn)
-        # RuntimeError: asyncmy raises it when a connection is reset while it is being set
-        # up ("Transport does not expose socket instance"); it is an outage, not a bug here.
-        except (
-            OperationalError,
-            InterfaceError,
-            InternalError,
-            OSError,
-            TimeoutError,
-            RuntimeError,
-        ) as e:
+        except UsernameTaken:
+            self.answering = True
+            raise
+        except _OUTAGE as e:
+            if conn is None and isinstance(e, TimeoutError) and self.saturated():
+                # The whole timeout went on waiting in line for a connection.
+                raise MySQLOverloaded("the service is overloaded, try again shortly") from e
+            self.answering = False
             self._on_error()
             raise MySQLUnavailable("the database is unavailable, try again shortly") from e
+        self.answering = True
+        return result
