@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,7 +54,9 @@ class Users:
         self.timeout_s = timeout_s
         self._on_error = on_error
         self.busy = 0  # connections checked out of the pool by a query under way
-        self.answering = True  # whether the last query that ended reached MySQL
+        # When a query last reached MySQL and when one last failed (time.monotonic()).
+        self._answered_at = 0.0
+        self._failed_at = -1.0
 
     async def get(self, user_id: int) -> User | None:
         async def q(cur: Any) -> User | None:
@@ -116,34 +119,51 @@ class Users:
         opening = pool.size - pool.freesize - self.busy
         return self.answering and pool.size >= pool.maxsize and opening == 0
 
+    @property
+    def answering(self) -> bool:
+        """Whether MySQL answers: the last query that ended reached it, or one did within
+        MYSQL_TIMEOUT_SECONDS. At saturation some queries time out in a starved process
+        among many that succeed; those must not make a busy MySQL look dead."""
+        return (
+            self._failed_at < self._answered_at
+            or time.monotonic() - self._answered_at <= self.timeout_s
+        )
+
     async def _run(self, query: Callable[[Any], Awaitable[T]]) -> T:
-        conn = None
+        conn = await self._acquire()
+        self.busy += 1
+        try:
+            async with asyncio.timeout(self.timeout_s), conn.cursor() as cur:
+                result = await query(cur)
+        except UsernameTaken:
+            self._answered_at = time.monotonic()
+            raise
+        except BaseException as e:
+            # A query cut off by the timeout leaves its answer unread on the wire: the
+            # next user of this connection would read it. Never reuse it.
+            conn.close()
+            if isinstance(e, _OUTAGE):
+                raise self._unavailable() from e
+            raise
+        finally:
+            self.busy -= 1
+            self.pool.release(conn)
+        self._answered_at = time.monotonic()
+        return result
+
+    async def _acquire(self) -> Any:
+        """A pooled connection, waited for at most MYSQL_TIMEOUT_SECONDS; the query then
+        has a timeout of its own, so a long wait is never charged to MySQL."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                conn = await self.pool.acquire()
-                self.busy += 1
-                try:
-                    async with conn.cursor() as cur:
-                        result = await query(cur)
-                except UsernameTaken:
-                    raise
-                except BaseException:
-                    # A query cut off by the timeout leaves its answer unread on the wire:
-                    # the next user of this connection would read it. Never reuse it.
-                    conn.close()
-                    raise
-                finally:
-                    self.busy -= 1
-                    self.pool.release(conn)
-        except UsernameTaken:
-            self.answering = True
-            raise
+                return await self.pool.acquire()
         except _OUTAGE as e:
-            if conn is None and isinstance(e, TimeoutError) and self.saturated():
-                # The whole timeout went on waiting in line for a connection.
+            if isinstance(e, TimeoutError) and self.saturated():
+                # The whole wait went on standing in line behind queries MySQL answers.
                 raise MySQLOverloaded("the service is overloaded, try again shortly") from e
-            self.answering = False
-            self._on_error()
-            raise MySQLUnavailable("the database is unavailable, try again shortly") from e
-        self.answering = True
-        return result
+            raise self._unavailable() from e
+
+    def _unavailable(self) -> MySQLUnavailable:
+        self._failed_at = time.monotonic()
+        self._on_error()
+        return MySQLUnavailable("the database is unavailable, try again shortly")
