@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from counter_svc.connections import REDIS_ERRORS, open_mysql, open_redis
 from counter_svc.counters import Counters
-from counter_svc.errors import HTTP_CODES, ApiError, error_response
+from counter_svc.errors import HTTP_CODES, ApiError, Overloaded, error_response
 from counter_svc.faults import Hook, no_fault
 from counter_svc.metrics import BackendGauges, Metrics
 from counter_svc.middleware import middleware_stack
@@ -28,6 +28,8 @@ log = structlog.get_logger(__name__)
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if isinstance(exc, Overloaded):
+        request.app.state.metrics.overloads.labels(exc.backend).inc()
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 

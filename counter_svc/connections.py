@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from counter_svc.settings import Settings
@@ -270,3 +270,22 @@ def primary_of(redis: RedisClient) -> dict[str, Any] | None:
 # Every Redis failure is "unavailable" to a client: down, slow, out of memory (OOM), a
 # read-only replica after a failover, busy, loading. Each answers 503 with Retry-After.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError,)
+
+
+def pool_exhausted(error: BaseException) -> bool:
+    """A Redis error raised before any command was sent, because this process had no free
+    connection: the blocking pool's wait ran past REDIS_TIMEOUT_SECONDS with every
+    connection in use (single server, Sentinel), or a Cluster node's pool was at
+    REDIS_POOL_SIZE. redis-py says so only in the message (its cause is lost when the
+    pipeline copies the error to each caller)."""
+    if isinstance(error, MaxConnectionsError):
+        return True
+    return isinstance(error, RedisConnectionError) and error.args == ("No connection available.",)
+
+
+def redis_pool_full(redis: RedisClient) -> bool:
+    """Whether a call now would wait for a pooled connection (single server, Sentinel);
+    a Cluster client's pools refuse at once instead (`pool_exhausted`)."""
+    if isinstance(redis, RedisCluster):
+        return False
+    return not redis.connection_pool.can_get_connection()

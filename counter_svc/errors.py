@@ -57,6 +57,14 @@ class Unavailable(ApiError):
         super().__init__(message, {"Retry-After": str(retry_after)})
 
 
+class Overloaded(Unavailable):
+    """The stores answer, but this process had no free connection to one of them within
+    its timeout: every pooled connection was busy with other requests. Not an outage."""
+
+    status, code = 503, "overloaded"
+    backend: ClassVar[str] = ""  # the store whose pool was full: the metric's label
+
+
 # Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
 HTTP_CODES = {
     400: "invalid_request",

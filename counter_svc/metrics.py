@@ -67,6 +67,16 @@ class Metrics:
         self.redis_errors = Counter(
             "usercounter_redis_errors", "Redis calls that failed or timed out.", registry=r
         )
+        # Not errors of a store: this process ran out of pooled connections to one.
+        self.overloads = Counter(
+            "usercounter_overload_rejections",
+            "Requests answered 503 overloaded: no pooled connection to the backend came "
+            "free within its timeout while the backend answered.",
+            ["backend"],
+            registry=r,
+        )
+        for backend in ("mysql", "redis"):
+            self.overloads.labels(backend)  # exported as 0 from the start, for the alerts
 
 
 # Gauges of the backing stores, refreshed when Prometheus scrapes `/metrics`: whether
@@ -147,11 +157,15 @@ class BackendGauges:
                 self.redis_node_max.labels(name).set(int(info.get("maxmemory", 0)))
 
     async def refresh(self, store: Any) -> None:
+        # A store that answers while this process has no free connection to it is up:
+        # the overload shows in usercounter_overload_rejections_total, not here.
         async def mysql() -> None:
             async with asyncio.timeout(self.mysql_timeout):
-                await store.users.ping()
+                await store.users.check()
 
-        async def redis() -> dict[str, Any]:
+        async def redis() -> dict[str, Any] | None:
+            if store.redis_busy():
+                return None
             async with asyncio.timeout(self.redis_timeout):
                 client = store.counters.redis
                 if isinstance(client, RedisCluster):
@@ -162,12 +176,15 @@ class BackendGauges:
                 info: dict[str, Any] = await client.info("memory")
                 return info
 
-        mysql_result, redis_result = await asyncio.gather(mysql(), redis(), return_exceptions=True)
+        results = await asyncio.gather(mysql(), redis(), return_exceptions=True)
+        mysql_result, redis_result = results
         self.up.labels("mysql").set(0 if isinstance(mysql_result, BaseException) else 1)
         if isinstance(redis_result, BaseException):
             self.up.labels("redis").set(0)
             return
         self.up.labels("redis").set(1)
+        if redis_result is None:
+            return
         self.redis_used.set(int(redis_result.get("used_memory", 0)))
         self.redis_max.set(int(redis_result.get("maxmemory", 0)))
         followed = primary_of(store.counters.redis)

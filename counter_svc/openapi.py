@@ -55,7 +55,11 @@ _UNAUTHORIZED = {
 _RATE_LIMITED = _error("Rate limiting is on and this client spent its budget.", retry_after=True)
 _MAY_AUTH: list[dict[str, list[str]]] = [{}, {"bearer": []}]
 _NOT_FOUND = _error("No such user (never created, or deleted).")
-_UNAVAILABLE = _error("MySQL or Redis is unavailable; retry later.", retry_after=True)
+_UNAVAILABLE = _error(
+    "`service_unavailable`: MySQL or Redis is unavailable; `overloaded`: they answer, but "
+    "this process had no free connection to them in time. Retry later.",
+    retry_after=True,
+)
 
 _USER_ID = {
     "name": "user_id",

@@ -12,9 +12,9 @@ from typing import TypeVar
 
 import structlog
 
-from counter_svc.connections import REDIS_ERRORS
+from counter_svc.connections import REDIS_ERRORS, pool_exhausted, redis_pool_full
 from counter_svc.counters import Counters, Outcome
-from counter_svc.errors import Unavailable, UserNotFound
+from counter_svc.errors import Overloaded, Unavailable, UserNotFound
 from counter_svc.faults import Hook, no_fault
 from counter_svc.metrics import Metrics
 from counter_svc.pipelining import NotReplicated
@@ -33,6 +33,12 @@ SEED_ATTEMPTS = 5
 
 class RedisUnavailable(Unavailable):
     """Redis could not be reached or did not answer in time."""
+
+
+class RedisOverloaded(Overloaded):
+    """No pooled Redis connection came free in time while Redis answered the last call."""
+
+    backend = "redis"
 
 
 class WriteNotReplicated(Unavailable):
@@ -59,6 +65,7 @@ class Store:
         # the race tests hold requests there (API_FAULT, counter_svc/faults.py).
         self.hook = hook
         self._mysql_reads: SingleFlight[tuple[int | None, int]] = SingleFlight()
+        self.redis_answering = True  # whether the last Redis call that ended reached Redis
 
     async def create_user(self, username: str) -> User:
         user = await self.users.create(username)
@@ -184,10 +191,29 @@ class Store:
         log.warning("seed_contended", user_id=user_id, attempts=SEED_ATTEMPTS)
         return SeedContended("the counter is being synced, try again shortly")
 
+    def redis_busy(self) -> bool:
+        """Every pooled Redis connection is in use while Redis answered the last call: a
+        probe would only wait in line (its own deadline is shorter than the wait)."""
+        return self.redis_answering and redis_pool_full(self.counters.redis)
+
+    async def redis_check(self) -> str:
+        """The readiness check of Redis: "ok" when it answers a ping, "busy" when the pool
+        has no free connection while Redis answers; raises when Redis does not answer."""
+        if self.redis_busy():
+            return "busy"
+        try:
+            await self.counters.ping()
+        except REDIS_ERRORS as e:
+            if pool_exhausted(e) and self.redis_answering:
+                return "busy"
+            raise
+        return "ok"
+
     async def _redis(self, call: Awaitable[T]) -> T:
         try:
-            return await call
+            result = await call
         except NotReplicated as e:
+            self.redis_answering = True
             self.metrics.not_replicated.inc()
             log.warning("redis_write_not_replicated", error=str(e))
             raise WriteNotReplicated(
@@ -195,6 +221,11 @@ class Store:
                 "replicas; retry (with the same Idempotency-Key for an increment)"
             ) from e
         except REDIS_ERRORS as e:
+            if pool_exhausted(e) and self.redis_answering:
+                raise RedisOverloaded("the service is overloaded, try again shortly") from e
+            self.redis_answering = False
             self.metrics.redis_errors.inc()
             log.warning("redis_error", error=str(e), kind=type(e).__name__)
             raise RedisUnavailable("the counter store is unavailable, try again shortly") from e
+        self.redis_answering = True
+        return result

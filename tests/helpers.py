@@ -30,7 +30,7 @@ from counter_svc.faults import Hook
 from counter_svc.keys import Keys, delete_all
 from counter_svc.middleware.headers import SECURITY_HEADERS
 from counter_svc.settings import Settings
-from counter_svc.store import SEED_ATTEMPTS
+from counter_svc.store import SEED_ATTEMPTS, Store
 from sync_worker.settings import WorkerSettings
 from tests.faults import free_port, port_open, wait_until
 
@@ -291,6 +291,14 @@ async def running_app(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             yield client
+
+
+def store_of(client: httpx.AsyncClient) -> Store:
+    """The store of the in-process app a `running_app` client talks to."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    store: Store = transport.app.state.store  # type: ignore[attr-defined]
+    return store
 
 
 async def create_user(client: httpx.AsyncClient, username: str) -> int:
