@@ -164,8 +164,8 @@ def main() -> None:
     text = (
         "# Drain benchmark\n\n"
         f"{n:,} dirty counters (one per user) written from Redis to MySQL by one worker\n"
-        "process (`Drainer.drain_all`: lease, claim, one `UPDATE ... JOIN JSON_TABLE` with `GREATEST`\n"
-        "per batch, cleanup), every run checked exact afterwards. "
+        "process (`Drainer.drain_all`: lease, claim, one `UPDATE ... JOIN JSON_TABLE` with\n"
+        "`GREATEST` per batch, cleanup), every run checked exact afterwards. "
         f"Target: {TARGET:,} counters/s.\n\n"
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {versions}, "
         "all on 127.0.0.1.\n"
