@@ -231,6 +231,8 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     access_log: str = "all"
+    # With ACCESS_LOG=all: one successful request in N gets its line (errors always do).
+    access_log_sample: int = 1
     # Operations and protections (docs/operations.md#protections); all off by default.
     mysql_admin_user: str = ""
     mysql_admin_password: str = field(default="", repr=False)
@@ -335,6 +337,7 @@ class Settings:
                 c, "LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error", "critical")
             ),
             access_log=read_choice(c, "ACCESS_LOG", cls.access_log, ("all", "errors", "off")),
+            access_log_sample=read_int(c, "ACCESS_LOG_SAMPLE", cls.access_log_sample, 1, 1_000_000),
             mysql_admin_user=admin_user,
             mysql_admin_password=read_secret(c, "MYSQL_ADMIN_PASSWORD", cls.mysql_admin_password),
             redis_tls_ca_file=_tls_file(c, "REDIS_TLS_CA_FILE", redis_url),

@@ -28,7 +28,14 @@ def middleware_stack(settings: Settings, metrics: Metrics) -> list[Middleware]:
     """`RequestContext` outermost, so every answer passes through it; then CORS (so 401
     and 429 carry CORS headers), rate limit (before auth: guessing tokens costs budget),
     auth, and the timeout nearest the handlers."""
-    stack = [Middleware(RequestContext, metrics=metrics, access_log=settings.access_log)]
+    stack = [
+        Middleware(
+            RequestContext,
+            metrics=metrics,
+            access_log=settings.access_log,
+            access_log_sample=settings.access_log_sample,
+        )
+    ]
     if settings.cors_allow_origins:
         stack.append(
             Middleware(

@@ -50,11 +50,17 @@ class RequestContext:
     unexpected. The outermost middleware, so every answer of the app passes through it;
     a path with an encoded slash or backslash is refused here, before anything else."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: str = "all") -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, access_log: str = "all", access_log_sample: int = 1
+    ) -> None:
         self.app = app
         self.metrics = metrics
         # ACCESS_LOG: the status from which a request gets its line (600: none).
         self.log_from_status = {"all": 0, "errors": 400, "off": 600}[access_log]
+        # ACCESS_LOG_SAMPLE: one success in N gets its line; the line says N, so counts
+        # taken from the log can be scaled back. The metrics count every request.
+        self.sample = access_log_sample
+        self._successes = itertools.count()
         # Labelled children, looked up once: `labels()` validates and locks on every call.
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -110,7 +116,9 @@ class RequestContext:
             requests, latency = self._metrics(method, route, status)
             requests.inc()
             latency.observe(elapsed)
-            if status >= self.log_from_status:
+            if status >= self.log_from_status and (
+                self.sample == 1 or status >= 400 or next(self._successes) % self.sample == 0
+            ):
                 log.info(
                     "request",
                     method=method,
@@ -118,6 +126,7 @@ class RequestContext:
                     path=scope["path"],
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
+                    **({"sampled": self.sample} if self.sample > 1 and status < 400 else {}),
                 )
 
     def _metrics(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:

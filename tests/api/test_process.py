@@ -270,3 +270,33 @@ def test_an_encoded_slash_is_refused_whatever_its_decoded_path_names(
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("event") == "request"]
     assert ("PUT", "unmatched", 400) in [(x["method"], x["route"], x["status"]) for x in access]
+
+
+def test_a_sampled_access_log_keeps_every_error_and_one_success_in_n(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """ACCESS_LOG_SAMPLE=4: of 8 successful requests 2 get a line, saying `sampled: 4`;
+    each of 3 errors gets its own; the metrics still count all 11."""
+    log_path = tmp_path / "api.log"
+    with serving(settings, log_path, ACCESS_LOG_SAMPLE="4") as (url, proc):
+        for _ in range(8):
+            with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+                assert r.status == 200
+        for _ in range(3):
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(f"{url}/api/v1/users/999999/count", timeout=10)
+            assert answer.value.code == 404
+            answer.value.close()
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line[:1] == "{"]
+    access = [line for line in lines if line.get("event") == "request"]
+    ok = [line for line in access if line["route"] == "/healthz"]
+    errors = [line for line in access if line["status"] == 404]
+    assert len(ok) == 2
+    assert all(line["sampled"] == 4 for line in ok)
+    assert len(errors) == 3
+    assert all("sampled" not in line for line in errors)
+    assert 'route="/healthz",status="200"} 8.0' in metrics
