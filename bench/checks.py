@@ -34,7 +34,8 @@ class DrainCheck:
         return {**asdict(self), "seconds": round(self.seconds, 3), "ok": self.ok}
 
 
-async def _sum_rows(settings: Settings, username_prefix: str) -> list[tuple[int, int]]:
+async def user_counters(settings: Settings, username_prefix: str) -> list[tuple[int, int]]:
+    """(id, counter) of every user named `<prefix>-...` in MySQL."""
     conn = await asyncmy.connect(**mysql_kwargs(settings, settings.mysql_database))
     try:
         async with conn.cursor() as cur:
@@ -63,10 +64,10 @@ async def wait_drained(
     """Poll until MySQL holds `acked` for the users named `<prefix>-...`, or time out;
     then compare with Redis too. `seconds` is how long MySQL took to catch up."""
     started = time.monotonic()
-    rows = await _sum_rows(settings, username_prefix)
+    rows = await user_counters(settings, username_prefix)
     while sum(c for _, c in rows) != acked and time.monotonic() - started < timeout_s:
         await asyncio.sleep(0.05)
-        rows = await _sum_rows(settings, username_prefix)
+        rows = await user_counters(settings, username_prefix)
     seconds = time.monotonic() - started
     redis = open_redis(settings)
     try:

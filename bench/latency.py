@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import checks, loads, report, stack
-from bench.redis_modes import Pinning
+from bench.stack import Pinning
 from counter_svc.settings import Settings, load_config
 
 ROOT = stack.ROOT

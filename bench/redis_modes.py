@@ -1,10 +1,12 @@
 """The Redis modes side by side: one API process against a single Redis server, against a
-Sentinel-managed primary with REDIS_ACK_REPLICAS=0, and with REDIS_ACK_REPLICAS=1.
+Sentinel-managed primary with REDIS_ACK_REPLICAS=0, and with REDIS_ACK_REPLICAS=1; then
+Redis Cluster against a single server (bench/redis_cluster.py).
 
     python -m bench.redis_modes [--duration 20] [--vus 64] [--rounds 2] [--quick] [--no-report]
+                                [--no-cluster | --cluster-only]
 
 `make bench` runs it after its own phases (bench/run.py); alone it writes only its own
-section of docs/benchmarks.md. Private servers on free ports of 127.0.0.1: one
+sections of docs/benchmarks.md. Private servers on free ports of 127.0.0.1: one
 `redis-server` for the single-server variant, and one Sentinel topology (a primary, two
 replicas, three Sentinels; tests/topology.py) that both Sentinel variants share, so the
 only difference between those two is the API's REDIS_ACK_REPLICAS. Every data node runs
@@ -34,11 +36,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import checks, loads, report, stack
+from bench import checks, loads, redis_cluster, report, stack
 from counter_svc.settings import Settings, load_config
 from tests.topology import RedisNode, sentinel_topology
 
@@ -57,29 +59,6 @@ ACK_COST_TARGET = 0.15
 # The flags of every data node besides those PrivateRedis always sets (no AOF, no RDB):
 # as tests/topology.py starts the topology's nodes.
 DATA_FLAGS = ("--repl-diskless-sync-delay", "0")
-
-
-@dataclass(frozen=True)
-class Pinning:
-    """The cores the API and k6 run on (`taskset -c`), or none when they cannot be split."""
-
-    api_cpu: int | None
-    k6_cpu: int | None
-
-    @classmethod
-    def choose(cls) -> Pinning:
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2 or not shutil.which("taskset"):
-            return cls(None, None)
-        return cls(cpus[0], cpus[1])
-
-    def prefix(self, cpu: int | None) -> list[str]:
-        return ["taskset", "-c", str(cpu)] if cpu is not None else []
-
-    def describe(self) -> str:
-        if self.api_cpu is None:
-            return "not pinned (fewer than 2 cores, or no taskset)"
-        return f"API on CPU {self.api_cpu} (`taskset -c {self.api_cpu}`), k6 on CPU {self.k6_cpu}"
 
 
 @contextmanager
@@ -115,10 +94,11 @@ def servers(directory: Path, base: Settings) -> Iterator[dict[str, Settings]]:
             single.stop()
 
 
-def estimate_s(args: argparse.Namespace) -> float:
-    """About how long the comparison takes: the runs, their start-ups and the servers'."""
+def estimate_s(args: argparse.Namespace, *, modes: bool = True, cluster: bool = True) -> float:
+    """About how long the phase takes: the runs, their start-ups and the servers'."""
     runs = (args.rounds + 1) * len(VARIANTS)
-    return float(runs * (args.duration + 1) + min(args.duration, 5))
+    total = float(runs * (args.duration + 1) + min(args.duration, 5)) if modes else 0.0
+    return total + (redis_cluster.estimate_s(args) if cluster else 0.0)
 
 
 class ModesBench:
@@ -127,8 +107,8 @@ class ModesBench:
     ) -> None:
         self.args = args
         self.results = results
-        self.pinning = Pinning.choose()
-        self.progress = progress or loads.Progress(estimate_s(args))
+        self.pinning = stack.Pinning.choose()
+        self.progress = progress or loads.Progress(estimate_s(args, cluster=False))
         self.runs: list[dict[str, Any]] = []
 
     def run_one(self, variant: str, settings: Settings, rnd: int, rate: int = 0) -> dict[str, Any]:
@@ -136,18 +116,7 @@ class ModesBench:
         is the warm-up, 5 s at most."""
         a = with_duration(self.args, min(self.args.duration, 5)) if rnd == 0 else self.args
         tag = f"m{rnd}-{variant}" + (f"-{rate}" if rate else "")
-        worker = stack.start_worker(settings, self.results / f"worker-{variant}.log")
-        api: stack.Child | None = None
-        serve = [sys.executable, "-m", "counter_svc", "serve"]
-        try:
-            api, url = stack.start_api(
-                settings,
-                self.results / f"api-{variant}.log",
-                1,
-                argv=[*self.pinning.prefix(self.pinning.api_cpu), *serve],
-            )
-            if not worker.alive():
-                raise RuntimeError(f"the sync worker exited at once:\n{worker.tail()}")
+        with stack.api_and_worker(settings, self.results, variant, self.pinning) as (api, url):
             env = {
                 "BASE_URL": url,
                 "VUS": str(a.vus),
@@ -175,10 +144,6 @@ class ModesBench:
             s["api_cpu_ms_per_req"] = round(1000 * cpu / s["requests"], 3) if s["requests"] else 0
             acked = loads.counter(run, "increments_acked")
             check = asyncio.run(checks.wait_drained(settings, tag, acked, 30.0))
-        finally:
-            if api is not None:
-                api.stop()
-            worker.stop()
         self.progress.say(
             f"{name}: {s['rps']:,.0f} req/s, p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
             f"{s['errors']} errors, API {s['api_cpu_ms_per_req']:.3f} ms CPU/increment; "
@@ -243,7 +208,7 @@ def _variant_summary(runs: list[dict[str, Any]], variant: str, rate: int) -> dic
 
 
 def summarize(
-    runs: list[dict[str, Any]], args: argparse.Namespace, pinning: Pinning, rate: int
+    runs: list[dict[str, Any]], args: argparse.Namespace, pinning: stack.Pinning, rate: int
 ) -> dict[str, Any]:
     closed = {v: _variant_summary(runs, v, 0) for v in VARIANTS}
     at_rate = {v: _variant_summary(runs, v, rate) for v in VARIANTS}
@@ -366,18 +331,46 @@ def run_phase(
     versions: dict[str, str],
     progress: loads.Progress | None = None,
     command: str = "make bench",
+    *,
+    modes: bool = True,
+    cluster: bool = True,
 ) -> dict[str, Any]:
-    """The whole comparison (what `make bench` calls): `args` has duration, vus, rounds,
-    keep and no_report; writes the report unless `args.no_report`. `base` gives MySQL and
-    the key prefix (MySQL's database is dropped and created anew); the Redis servers are
-    private."""
+    """The whole phase (what `make bench` calls): the modes side by side, then Redis
+    Cluster against a single server (bench/redis_cluster.py); either may be left out.
+    `args` has duration, vus, rounds, keep and no_report; each part writes its section
+    of the report unless `args.no_report`. `base` gives MySQL and the key prefix (MySQL's
+    database is dropped and created anew); the Redis servers are private. Returns each
+    part's results and the exactness checks of all runs."""
+    progress = progress or loads.Progress(estimate_s(args, modes=modes, cluster=cluster))
+    versions = {**versions, "redis": _redis_version()}
+    out: dict[str, Any] = {"modes": None, "cluster": None, "checks": []}
+    if modes:
+        out["modes"] = modes_phase(args, base, results, versions, progress, command)
+        out["checks"] += out["modes"]["checks"]
+    if cluster:
+        out["cluster"] = redis_cluster.run_phase(
+            args, base, results / "cluster", versions, progress, command
+        )
+        out["checks"] += out["cluster"]["checks"]
+    return out
+
+
+def modes_phase(
+    args: argparse.Namespace,
+    base: Settings,
+    results: Path,
+    versions: dict[str, str],
+    progress: loads.Progress,
+    command: str,
+) -> dict[str, Any]:
+    """Single server, Sentinel ACK 0 and ACK 1 side by side (see `run_phase`)."""
     results.mkdir(parents=True, exist_ok=True)
     load_before = report.load_average()
     bench = ModesBench(args, results, progress)
     out = bench.run(base)
     out.update(
         machine=report.machine(),
-        versions={**versions, "redis": _redis_version()},
+        versions=versions,
         load_before=load_before,
         load_after=report.load_average(),
         results_dir=str(results.relative_to(ROOT)),
@@ -416,6 +409,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 s runs, 1 round")
     p.add_argument("--no-report", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--keep", action="store_true", help="keep the database at the end")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument(
+        "--no-cluster", action="store_true", help="leave out Redis Cluster against single server"
+    )
+    part.add_argument(
+        "--cluster-only", action="store_true", help="only Redis Cluster against single server"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3, 1
@@ -434,7 +434,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         command = " ".join(["python -m bench.redis_modes", *(argv or sys.argv[1:])])
-        out = run_phase(args, base, results, versions(base), command=command)
+        out = run_phase(
+            args,
+            base,
+            results,
+            versions(base),
+            command=command,
+            modes=not args.cluster_only,
+            cluster=not args.no_cluster,
+        )
     except (RuntimeError, TimeoutError, OSError) as e:
         print(f"bench.redis_modes: failed: {e}", file=sys.stderr)
         return 1

@@ -7,8 +7,8 @@ Phases, in one run: the `/healthz` ceiling, `increment.js` (then: wait for the d
 and compare MySQL with the increments k6 saw acknowledged), `read_heavy.js` (the same
 check), redis-benchmark, the drain rate of a worker started on a large backlog, and then
 the Redis modes side by side (bench/redis_modes.py: single server, Sentinel with ACK
-replicas 0 and 1, on private servers). A mismatch, or a phase that cannot run, exits
-non-zero.
+replicas 0 and 1, then Redis Cluster against a single server, on private servers). A
+mismatch, or a phase that cannot run, exits non-zero.
 """
 
 from __future__ import annotations

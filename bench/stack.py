@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,29 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
         time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """The cores the API and k6 run on (`taskset -c`), or none when they cannot be split."""
+
+    api_cpu: int | None
+    k6_cpu: int | None
+
+    @classmethod
+    def choose(cls) -> Pinning:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2 or not shutil.which("taskset"):
+            return cls(None, None)
+        return cls(cpus[0], cpus[1])
+
+    def prefix(self, cpu: int | None) -> list[str]:
+        return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+    def describe(self) -> str:
+        if self.api_cpu is None:
+            return "not pinned (fewer than 2 cores, or no taskset)"
+        return f"API on CPU {self.api_cpu} (`taskset -c {self.api_cpu}`), k6 on CPU {self.k6_cpu}"
 
 
 def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -139,6 +163,31 @@ def start_api(
 def start_worker(settings: Settings, log: Path, env: dict[str, str] | None = None) -> Child:
     extra = {"SYNC_METRICS_PORT": str(free_port()), **(env or {})}
     return start("worker", [sys.executable, "-m", "sync_worker"], child_env(settings, extra), log)
+
+
+@contextlib.contextmanager
+def api_and_worker(
+    settings: Settings, results: Path, name: str, pinning: Pinning
+) -> Iterator[tuple[Child, str]]:
+    """A sync worker and one API process (WEB_CONCURRENCY=1, on `pinning`'s API core)
+    against `settings`, logging to `results`; yields the API and its URL, stops both."""
+    worker = start_worker(settings, results / f"worker-{name}.log")
+    api: Child | None = None
+    serve = [sys.executable, "-m", "counter_svc", "serve"]
+    try:
+        api, url = start_api(
+            settings,
+            results / f"api-{name}.log",
+            1,
+            argv=[*pinning.prefix(pinning.api_cpu), *serve],
+        )
+        if not worker.alive():
+            raise RuntimeError(f"the sync worker exited at once:\n{worker.tail()}")
+        yield api, url
+    finally:
+        if api is not None:
+            api.stop()
+        worker.stop()
 
 
 def children(pid: int) -> list[int]:
