@@ -86,6 +86,7 @@ async def test_mysql_hanging_answers_503_within_the_timeout(settings: Settings) 
             assert (await client.post("/api/v1/users", json={"username": "ok"})).status_code == 201
 
 
+@pytest.mark.single_redis(reason="kills and restarts a private redis-server")
 async def test_redis_down_answers_503_and_recovers(settings: Settings, tmp_path: Path) -> None:
     """Redis killed: counter calls answer 503 JSON; once it is back they work again."""
     with private_redis(tmp_path, appendonly=True) as server:
@@ -116,6 +117,7 @@ async def test_redis_down_answers_503_and_recovers(settings: Settings, tmp_path:
             assert (await client.get("/readyz")).status_code == 200
 
 
+@pytest.mark.single_redis(reason="hangs a proxy in front of the one Redis server")
 async def test_readiness_bounds_each_store_by_its_own_timeout(settings: Settings) -> None:
     """A hanging Redis makes /readyz answer 503 within REDIS_TIMEOUT_SECONDS, not within
     the (here much longer) MySQL timeout: the probe must not outlast its own deadline."""
