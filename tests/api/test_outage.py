@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from counter_svc.keys import Keys
 from counter_svc.settings import Settings
-from tests.faults import FaultProxy, private_redis
+from tests.faults import FaultProxy, free_port, private_redis
 from tests.helpers import create_user, running_app
 
 pytestmark = pytest.mark.slow
@@ -115,6 +115,27 @@ async def test_redis_down_answers_503_and_recovers(settings: Settings, tmp_path:
             ]
             assert statuses[-1] == 200
             assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_an_unreachable_redis_cluster_answers_503_from_the_start(
+    settings: Settings,
+) -> None:
+    """Cluster seeds that do not answer at start-up: the API still starts, counter calls
+    answer 503 JSON (redis-py's cluster errors are not all RedisErrors), /readyz 503."""
+    port = free_port()
+    gone = replace(settings, redis_sentinels=(), redis_cluster_nodes=(("127.0.0.1", port),))
+    async with running_app(gone) as client:
+        user_id = await create_user(client, "cluster-gone")
+        for method, path in [
+            ("PUT", f"/api/v1/users/{user_id}/increment"),
+            ("GET", f"/api/v1/users/{user_id}/count"),
+        ]:
+            r = await client.request(method, path)
+            assert r.status_code == 503, (method, path, r.text)
+            assert r.json()["error"] == "service_unavailable"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"] == "unavailable"
 
 
 @pytest.mark.single_redis(reason="hangs a proxy in front of the one Redis server")
