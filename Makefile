@@ -20,8 +20,15 @@ DEV_LOCK := requirements-dev.lock
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+# The cluster pass of `make test`: these files again with --redis-mode=cluster, on a
+# private six-node Redis Cluster (README, "Tests"). Empty skips the pass.
+CLUSTER_TESTS ?= tests/api/test_contract.py tests/api/test_bad_input.py \
+	tests/api/test_concurrency.py tests/api/test_stale_seed.py tests/api/test_serving.py \
+	tests/api/test_outage.py tests/protections/test_ratelimit.py \
+	tests/worker/test_drain.py tests/worker/test_repair.py tests/worker/test_crash.py \
+	tests/worker/test_multi.py tests/worker/test_e2e.py
 
-.PHONY: help install install-run install-dev tools services migrate run test lint format bench clean distclean stop-services status
+.PHONY: help install install-run install-dev tools services migrate run test test-cluster lint format bench clean distclean stop-services status
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,9 +66,22 @@ run: migrate ## the API on PORT (default 8080) and the sync worker; Ctrl-C stops
 	@PY=$(PY) bash scripts/run.sh
 
 # The tests read the environment only, not .env, so the servers are checked there too.
-test: install ## pytest against real MySQL and Redis (PYTEST_ARGS=... to pass options)
+# PYTEST_ARGS goes to both passes; CLUSTER_TESTS= (empty) leaves the cluster pass out.
+test: install ## pytest against real MySQL and Redis, then the cluster pass (PYTEST_ARGS=...)
 	@ENV_FILE=/dev/null bash scripts/services.sh up
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) cluster-pass
+
+test-cluster: install ## only the cluster pass: CLUSTER_TESTS on a private Redis Cluster
+	@ENV_FILE=/dev/null bash scripts/services.sh up
+	@$(MAKE) cluster-pass
+
+.PHONY: cluster-pass
+cluster-pass:
+	@if [ -n "$(strip $(CLUSTER_TESTS))" ]; then \
+		echo "+ pytest --redis-mode=cluster (CLUSTER_TESTS)"; \
+		$(PY) -m pytest --redis-mode=cluster $(CLUSTER_TESTS) $(PYTEST_ARGS); \
+	fi
 
 lint: install-dev ## ruff check, ruff format --check, mypy (runs all three, fails if any does)
 	@status=0; \

@@ -269,7 +269,9 @@ def primary_of(redis: RedisClient) -> dict[str, Any] | None:
 
 # Every Redis failure is "unavailable" to a client: down, slow, out of memory (OOM), a
 # read-only replica after a failover, busy, loading. Each answers 503 with Retry-After.
-REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError,)
+# redis-py's cluster client raises RedisClusterException, not a RedisError, when no seed
+# answers (down, wrong password) or a slot has no primary (SlotNotCoveredError).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
 def pool_exhausted(error: BaseException) -> bool:

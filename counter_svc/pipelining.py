@@ -33,7 +33,7 @@ from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from counter_svc.connections import RedisClient
+from counter_svc.connections import REDIS_ERRORS, RedisClient
 from counter_svc.functions import Function, Library, is_missing
 
 # Bounds the work (and the reply) of one pipeline; a larger batch becomes several.
@@ -207,7 +207,7 @@ class ClusterAutoPipeline(AutoPipeline):
             # empty): none of those calls ran. Load it there and send them again.
             try:
                 await self.library.load(self.cluster, calls[0][2])
-            except RedisError as e:
+            except REDIS_ERRORS as e:
                 return [copy.copy(e) if is_missing(r) else r for r in replies]
             again = [i for i, r in enumerate(replies) if is_missing(r)]
             retried = await self._send_to_node([calls[i] for i in again])
@@ -227,7 +227,7 @@ class ClusterAutoPipeline(AutoPipeline):
                 for argv in calls:
                     pipe.fcall(*argv)
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except RedisError as e:
+        except REDIS_ERRORS as e:
             replies = [copy.copy(e) for _ in calls]
         self._note_failures(replies)
         return replies

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from counter_svc.connections import RedisClient
+from counter_svc.connections import REDIS_ERRORS, RedisClient
 from counter_svc.counters import GENERATION
 from counter_svc.functions import Function, Library, is_missing
 from counter_svc.keys import Keys
@@ -333,7 +333,7 @@ class Buckets:
             if isinstance(self.redis, RedisCluster):
                 # redis-py does not read the slot table again after a pipeline's
                 # connection error (a single command's, it does): a node may be gone.
-                with contextlib.suppress(RedisError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await self.redis.nodes_manager.initialize()
             raise
         return replies

@@ -19,9 +19,8 @@ from functools import lru_cache
 import orjson
 import structlog
 from asyncmy.pool import Pool
-from redis.exceptions import RedisError
 
-from counter_svc.connections import RedisClient
+from counter_svc.connections import REDIS_ERRORS, RedisClient
 from counter_svc.keys import Keys
 from sync_worker.buckets import Buckets
 from sync_worker.faults import Hook, no_fault
@@ -135,7 +134,7 @@ class Drainer:
             # One pipelined look at every bucket: an idle bucket costs no lease, claim and
             # release round trips (four per bucket and pass otherwise).
             work = await self.buckets.busy()
-        except RedisError:
+        except REDIS_ERRORS:
             # The look failed (a cluster node gone): every bucket, one call at a time,
             # each followed to wherever its slot now lives.
             work = dict.fromkeys(range(self.keys.buckets), self.batch_size)
@@ -181,7 +180,7 @@ class Drainer:
         finally:
             # If Redis is down the lease cannot be dropped; it expires, or this worker
             # takes it back (same token) once Redis answers again.
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self.buckets.release_lease(bucket)
         return written
 

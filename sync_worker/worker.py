@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from asyncmy.pool import Pool
-from redis.exceptions import RedisError
 
-from counter_svc.connections import RedisClient, open_mysql, open_redis
+from counter_svc.connections import REDIS_ERRORS, RedisClient, open_mysql, open_redis
 from counter_svc.keys import Keys
 from sync_worker.drain import Drainer, MySQLError
 from sync_worker.faults import Hook, WorkerFaults, no_fault
@@ -31,7 +30,7 @@ BACKOFF_MAX_SECONDS = 5.0
 def error_kind(e: BaseException) -> str:
     if isinstance(e, MySQLError):
         return "mysql"
-    if isinstance(e, RedisError):
+    if isinstance(e, REDIS_ERRORS):
         return "redis"
     return "other"
 
@@ -92,7 +91,7 @@ class Worker:
         )
         try:
             await self.drainer.observe()
-        except RedisError as e:
+        except REDIS_ERRORS as e:
             errors.append(e)
         self.metrics.progressed()
         if not errors:
@@ -169,7 +168,7 @@ class Worker:
         )
         try:
             await self.drainer.buckets.load()  # else the first call loads it
-        except RedisError as e:
+        except REDIS_ERRORS as e:
             log.warning("redis_functions_not_loaded", error=str(e))
         scheduler.start()
         log.info("started", **self.settings.base.safe_summary(), token=self.drainer.token)

@@ -2,6 +2,11 @@
 
 Each test run gets its own database and Redis key prefix, so runs never collide with
 each other or with a developer's data; both are removed at the end.
+
+`--redis-mode=cluster` (or TEST_REDIS_MODE=cluster) runs the same tests against a private
+Redis Cluster of six nodes (tests/topology.py) started once for the session: the settings
+carry REDIS_CLUSTER_NODES, so the fixtures, the API and the worker processes all run in
+Cluster mode. Tests marked `single_redis` need one Redis server and are skipped there.
 """
 
 from __future__ import annotations
@@ -9,26 +14,53 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 
 import asyncmy
 import httpx
 import pytest
 from asyncmy.pool import Pool
-from redis.asyncio import Redis
 
-from counter_svc.connections import mysql_kwargs, open_mysql, open_redis, open_single
+from counter_svc.connections import RedisClient, mysql_kwargs, open_mysql, open_redis
 from counter_svc.counters import Counters
 from counter_svc.keys import Keys, delete_all
 from counter_svc.migrate import migrate
 from counter_svc.settings import Settings, load_config
 from sync_worker.drain import Drainer
 from tests.helpers import drop_run, running_app, serving
+from tests.topology import redis_cluster
+
+REDIS_MODES = ("single", "cluster")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-mode",
+        choices=REDIS_MODES,
+        default=os.environ.get("TEST_REDIS_MODE") or "single",
+        help="single: the Redis of REDIS_URL (default, or TEST_REDIS_MODE); cluster: a "
+        "private six-node Redis Cluster started for the session",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In cluster mode, skip the tests marked `single_redis`, giving the marker's reason."""
+    if config.getoption("--redis-mode") != "cluster":
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_redis")
+        if marker is not None:
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"single Redis only: {why}"))
 
 
 @pytest.fixture(scope="session")
-def base_settings() -> Iterator[Settings]:
-    """Settings of this test run: a private database name and key prefix."""
+def base_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Settings of this test run: a private database name and key prefix; in cluster
+    mode, the seeds of the session's private Redis Cluster."""
     run = f"{os.getpid()}{secrets.token_hex(3)}"
     settings = replace(
         Settings.from_env(load_config(os.devnull)),
@@ -36,8 +68,14 @@ def base_settings() -> Iterator[Settings]:
         key_prefix=f"uct{run}",
         log_format="json",
     )
-    yield settings
-    drop_run(settings)
+    with ExitStack() as stack:
+        if request.config.getoption("--redis-mode") == "cluster":
+            cluster = stack.enter_context(redis_cluster(tmp_path_factory.mktemp("cluster")))
+            settings = replace(
+                settings, redis_sentinels=(), redis_cluster_nodes=tuple(cluster.seeds)
+            )
+        yield settings
+        drop_run(settings)
 
 
 @pytest.fixture
@@ -63,20 +101,21 @@ async def mysql(settings: Settings) -> AsyncIterator[Pool]:
 
 
 @pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = open_single(settings)
+async def redis(settings: Settings) -> AsyncIterator[RedisClient]:
+    """The run's Redis as the API opens it: a cluster client in cluster mode."""
+    client = open_redis(settings)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-def counters(redis: Redis, settings: Settings) -> Counters:
+def counters(redis: RedisClient, settings: Settings) -> Counters:
     """The API's counter operations on the run's keys, without the HTTP layer."""
     return Counters.from_settings(redis, settings)
 
 
 @pytest.fixture
-def drainer(redis: Redis, mysql: Pool, settings: Settings) -> Drainer:
+def drainer(redis: RedisClient, mysql: Pool, settings: Settings) -> Drainer:
     """One worker's drain of the run's buckets, with small batches and a short lease."""
     return Drainer(redis, mysql, Keys.from_settings(settings), batch_size=100, lease_seconds=5)
 

@@ -81,10 +81,23 @@ async def mysql_counters(mysql: Pool) -> dict[int, int]:
 async def redis_counters(
     redis: RedisClient, settings: Settings, ids: Iterable[int]
 ) -> dict[int, int]:
+    """The counters of `ids` that Redis holds. GETs in one pipeline, not MGET: in a
+    cluster the counters live in many slots, and the pipeline is split by node."""
     k = keys_of(settings)
     ids = list(ids)
-    values = await redis.mget([k.counter(i) for i in ids])
+    pipe = redis.pipeline(transaction=False)
+    for i in ids:
+        pipe.get(k.counter(i))
+    values = await pipe.execute()
     return {i: int(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+
+def unreachable_redis(settings: Settings) -> Settings:
+    """`settings` whose Redis nothing answers, in their mode: a free port as REDIS_URL or,
+    in cluster mode, as the only cluster seed."""
+    port = free_port()
+    seeds = (("127.0.0.1", port),) if settings.redis_cluster_nodes else ()
+    return replace(settings, redis_url=f"redis://127.0.0.1:{port}/0", redis_cluster_nodes=seeds)
 
 
 async def increment(counters: Counters, mysql: Pool, user_id: int) -> int | None:

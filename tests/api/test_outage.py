@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from counter_svc.keys import Keys
 from counter_svc.settings import Settings
-from tests.faults import FaultProxy, private_redis
+from tests.faults import FaultProxy, free_port, private_redis
 from tests.helpers import create_user, running_app
 
 pytestmark = pytest.mark.slow
@@ -86,6 +86,7 @@ async def test_mysql_hanging_answers_503_within_the_timeout(settings: Settings) 
             assert (await client.post("/api/v1/users", json={"username": "ok"})).status_code == 201
 
 
+@pytest.mark.single_redis(reason="kills and restarts a private redis-server")
 async def test_redis_down_answers_503_and_recovers(settings: Settings, tmp_path: Path) -> None:
     """Redis killed: counter calls answer 503 JSON; once it is back they work again."""
     with private_redis(tmp_path, appendonly=True) as server:
@@ -116,6 +117,28 @@ async def test_redis_down_answers_503_and_recovers(settings: Settings, tmp_path:
             assert (await client.get("/readyz")).status_code == 200
 
 
+async def test_an_unreachable_redis_cluster_answers_503_from_the_start(
+    settings: Settings,
+) -> None:
+    """Cluster seeds that do not answer at start-up: the API still starts, counter calls
+    answer 503 JSON (redis-py's cluster errors are not all RedisErrors), /readyz 503."""
+    port = free_port()
+    gone = replace(settings, redis_sentinels=(), redis_cluster_nodes=(("127.0.0.1", port),))
+    async with running_app(gone) as client:
+        user_id = await create_user(client, "cluster-gone")
+        for method, path in [
+            ("PUT", f"/api/v1/users/{user_id}/increment"),
+            ("GET", f"/api/v1/users/{user_id}/count"),
+        ]:
+            r = await client.request(method, path)
+            assert r.status_code == 503, (method, path, r.text)
+            assert r.json()["error"] == "service_unavailable"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"] == "unavailable"
+
+
+@pytest.mark.single_redis(reason="hangs a proxy in front of the one Redis server")
 async def test_readiness_bounds_each_store_by_its_own_timeout(settings: Settings) -> None:
     """A hanging Redis makes /readyz answer 503 within REDIS_TIMEOUT_SECONDS, not within
     the (here much longer) MySQL timeout: the probe must not outlast its own deadline."""

@@ -91,6 +91,7 @@ async def test_huge_counters_are_exact(
     assert count.json()["data"]["counter"] == start + 3
 
 
+@pytest.mark.single_redis(reason="sets maxmemory on a private redis-server")
 async def test_redis_out_of_memory_answers_503_and_counts_still_read(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -81,17 +81,19 @@ async def test_concurrent_increments_share_one_pipeline(
 ) -> None:
     """Increments made in one tick go to Redis as one batch and each gets its own value."""
     batches: list[int] = []
-    original = AutoPipeline._pipeline
+    # Every batch goes through _execute, the single-server and the cluster class alike.
+    pipeline = type(counters_for(settings, redis)._calls)
+    original = pipeline._execute
 
-    async def spy(self: AutoPipeline, calls: list[Any], wait: bool) -> list[Any]:
-        batches.append(len(calls))
-        return await original(self, calls, wait)
+    async def spy(self: AutoPipeline, batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return await original(self, batch)
 
-    monkeypatch.setattr(AutoPipeline, "_pipeline", spy)
+    monkeypatch.setattr(pipeline, "_execute", spy)
     counters = counters_for(settings, redis)
     await counters.increment(7, seed=0)
     results = await asyncio.gather(*(counters.increment(7) for _ in range(20)))
-    assert batches == [20]
+    assert batches == [1, 20]
     assert sorted(value for _, value in results if value is not None) == list(range(2, 22))
     assert {outcome for outcome, _ in results} == {Outcome.OK}
 

@@ -13,8 +13,7 @@ from redis.asyncio import Redis
 from counter_svc.keys import Keys
 from counter_svc.middleware.ratelimit import LIBRARY, RATE_LIMIT, client_address
 from counter_svc.settings import Settings
-from tests.faults import free_port
-from tests.helpers import create_user, running_app
+from tests.helpers import create_user, running_app, unreachable_redis
 
 TOTAL = "usercounter_http_requests_total{"
 LIMIT = 5
@@ -102,7 +101,7 @@ async def test_forwarded_for_from_a_trusted_proxy_separates_clients(settings: Se
 async def test_a_redis_failure_lets_requests_through(settings: Settings) -> None:
     """With Redis unreachable the limiter fails open: the request gets the store's 503,
     never a 429 or a 500."""
-    gone = limited(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    gone = limited(unreachable_redis(settings))
     async with running_app(gone) as client:
         response = await client.get("/api/v1/users/1/count")
         metrics = (await client.get("/metrics")).text

@@ -131,6 +131,7 @@ async def readiness(settings: Settings) -> dict[str, str]:
     return checks
 
 
+@pytest.mark.single_redis(reason="a private redis-server with a password and TLS")
 async def test_password_and_tls_serve_the_api(
     settings: Settings, pki: Pki, tls_redis: int, tmp_path: Path
 ) -> None:
@@ -154,6 +155,7 @@ async def test_password_and_tls_serve_the_api(
     assert ready.json()["status"] == "ready"
 
 
+@pytest.mark.single_redis(reason="a private redis-server with a password and TLS")
 async def test_a_server_certificate_from_another_ca_is_refused(
     settings: Settings, pki: Pki, tls_redis: int
 ) -> None:
@@ -166,6 +168,7 @@ async def test_a_server_certificate_from_another_ca_is_refused(
     assert (await readiness(wrong))["redis"] == "unavailable"
 
 
+@pytest.mark.single_redis(reason="a private redis-server with a password and TLS")
 async def test_the_host_name_is_checked(settings: Settings, pki: Pki, tls_redis: int) -> None:
     """A certificate for localhost/127.0.0.1 does not pass for 127.0.0.2, an address the
     same server listens on."""
@@ -180,6 +183,7 @@ async def test_the_host_name_is_checked(settings: Settings, pki: Pki, tls_redis:
     assert checks == {"127.0.0.1": "ok", "127.0.0.2": "unavailable"}
 
 
+@pytest.mark.single_redis(reason="a private redis-server with a password and TLS")
 async def test_a_client_certificate_for_mutual_tls(
     settings: Settings, pki: Pki, mtls_redis: int
 ) -> None:
@@ -198,6 +202,7 @@ async def test_a_client_certificate_for_mutual_tls(
     assert (await readiness(without))["redis"] == "unavailable"
 
 
+@pytest.mark.single_redis(reason="a private redis-server with a password and TLS")
 async def test_a_wrong_password_makes_redis_unavailable(
     settings: Settings, pki: Pki, tls_redis: int
 ) -> None:

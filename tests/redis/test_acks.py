@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from counter_svc.settings import Settings
 from tests.faults import private_redis
 from tests.helpers import create_user, running_app
+
+# Cluster mode has its own WAIT tests (test_cluster.py).
+pytestmark = pytest.mark.single_redis(reason="a private redis-server without replicas")
 
 
 async def test_writes_without_enough_replicas_answer_503_and_reads_still_work(

@@ -39,7 +39,11 @@ from tests.helpers import (
 from tests.topology import SentinelTopology, sentinel_topology
 
 # Bounded by the load deadline (90 s) plus the topology, on a loaded 2-core machine too.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.single_redis(reason="Sentinel mode, on its own topology"),
+]
 
 USERS = 500
 LANES = 64

@@ -404,6 +404,7 @@ async def test_failed_write_backs_off_and_keeps_the_claim(
     assert worker.metrics.errors.labels("mysql")._value.get() == 1
 
 
+@pytest.mark.single_redis(reason="counts FCALLs in one private server's commandstats")
 async def test_a_pass_leaves_idle_buckets_alone(
     mysql: Pool, settings: Settings, tmp_path: Path
 ) -> None:

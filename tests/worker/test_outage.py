@@ -183,6 +183,7 @@ async def _redis_restart_loss(
     return acked, acked - sum(final_mysql.values()), acked_at_kill - synced_at_kill, rate
 
 
+@pytest.mark.single_redis(reason="kills and restarts a private redis-server")
 async def test_redis_sigkill_with_aof_loses_at_most_a_second(
     tmp_path: Path, mysql: Pool, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -196,6 +197,7 @@ async def test_redis_sigkill_with_aof_loses_at_most_a_second(
     assert 0 <= lost <= rate * 1.0
 
 
+@pytest.mark.single_redis(reason="kills and restarts a private redis-server")
 async def test_redis_sigkill_without_persistence_loses_only_unsynced(
     tmp_path: Path, mysql: Pool, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -226,6 +228,7 @@ async def capped_redis(
             await client.aclose()
 
 
+@pytest.mark.single_redis(reason="a private redis-server at maxmemory")
 async def test_volatile_lru_evicts_only_idle_counters(
     tmp_path: Path, mysql: Pool, settings: Settings
 ) -> None:
@@ -250,6 +253,7 @@ async def test_volatile_lru_evicts_only_idle_counters(
     assert await mysql_counters(mysql) == load.expected()
 
 
+@pytest.mark.single_redis(reason="a private redis-server at maxmemory")
 async def test_a_full_redis_still_drains_and_then_counts_again(
     tmp_path: Path, mysql: Pool, settings: Settings
 ) -> None:

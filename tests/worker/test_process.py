@@ -274,3 +274,25 @@ async def test_an_unexpected_error_in_a_drain_is_logged_with_its_traceback(
     assert "Traceback" in line
     assert "FaultInjected" in line
     assert await mysql_counters(mysql) == {1: 1}  # the next pass wrote the kept claim
+
+
+async def test_an_unreachable_redis_cluster_is_a_redis_error_that_never_ends_the_worker(
+    settings: Settings,
+) -> None:
+    """Cluster seeds that do not answer (redis-py raises no RedisError then): the worker
+    starts, logs drain_failed of kind redis without a traceback, and stops on SIGTERM."""
+    ws = worker_settings(settings, metrics_port=free_port())
+    worker = WorkerProcess(ws, REDIS_SENTINELS="", REDIS_CLUSTER_NODES=f"127.0.0.1:{free_port()}")
+    try:
+        line = await worker.await_line('"drain_failed"', within=15)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ws.metrics_port}") as http:
+            metrics = (await http.get("/metrics")).text
+        assert worker.proc.poll() is None
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(within=10) == 0
+    finally:
+        worker.kill()
+    assert '"kind":"redis"' in line
+    assert "Traceback" not in line
+    errors = [ln for ln in metrics.splitlines() if ln.startswith('sync_errors_total{kind="redis"}')]
+    assert float(errors[0].split()[-1]) >= 1

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from counter_svc.counters import Counters
 from counter_svc.settings import Settings
 from sync_worker.drain import Drainer
-from tests.helpers import add_users, increment, keys_of, mysql_counters
+from tests.helpers import add_users, increment, keys_of, mysql_counters, redis_counters
 
 
 async def behind_by_two(
@@ -114,8 +114,7 @@ async def test_a_whole_bucket_behind_agrees_after_one_drain(
         assert await increment(counters, mysql, user_id) == 11 - lost
     for b in {k.bucket(i) for i in ids}:
         await drainer.drain_bucket(b)
-    values = await redis.mget([k.counter(i) for i in ids])
-    assert values == [b"10"] * len(ids)
+    assert await redis_counters(redis, settings, ids) == dict.fromkeys(ids, 10)
     mysql_values = await mysql_counters(mysql)
     assert [mysql_values[i] for i in ids] == [10] * len(ids)
     assert [await increment(counters, mysql, i) for i in ids] == [11] * len(ids)
