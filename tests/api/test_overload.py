@@ -111,6 +111,7 @@ async def test_hung_mysql_with_a_full_pool_is_an_outage(settings: Settings) -> N
                 proxy.resume()
 
 
+@pytest.mark.single_redis("holds the one connection of a single server's blocking pool")
 async def test_full_redis_pool_answers_overloaded_and_stays_ready(settings: Settings) -> None:
     """The only pooled Redis connection held while Redis answers: an increment answers 503
     `overloaded` after REDIS_TIMEOUT_SECONDS, /readyz stays ready (Redis "busy")."""
