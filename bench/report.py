@@ -230,8 +230,8 @@ def _baseline(r: dict[str, Any]) -> list[str]:
         "increment one autocommit UPDATE of its row, `counter = LAST_INSERT_ID(counter + 1)`, "
         "a commit per increment), every other setting at its default (MYSQL_POOL_SIZE 10); "
         f"{b['pinning']['text']}, the sync worker, Redis and MariaDB unpinned. "
-        f"{cfg['duration_s']} s per run, one run each, the variants taking turns. "
-        f"Closed loop at {cfg['vus']} VUs:",
+        f"{cfg['duration_s']} s per run, the variants taking turns. Closed loop at "
+        f"{cfg['vus']} VUs, {cfg['rounds']} round(s), each variant's best round:",
         "",
         "| users | server | increments/s | p50 ms | p99 ms | errors | API CPU ms/increment "
         "| write-behind / write-through |",
@@ -245,9 +245,19 @@ def _baseline(r: dict[str, Any]) -> list[str]:
                 f"| {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | {s['errors']} "
                 f"| {s['api_cpu_ms_per_req']:.3f} | {f'**{x:.2f}x**' if x else ''} |"
             )
+    every = "; ".join(
+        f"{SHAPE_LABELS[shape]}: "
+        + ", ".join(
+            f"{BASELINE_LABELS[v]} {', '.join(f'{x:,.0f}' for x in rps)}" for v, rps in by.items()
+        )
+        for shape, by in b["closed_rounds"].items()
+    )
     lines += [
         "",
-        f"At constant arrival rates ({rates}; `RATE`, up to {cfg['vus']} VUs):",
+        f"Every closed-loop round (increments/s): {every}.",
+        "",
+        f"At constant arrival rates ({rates}; `RATE`, up to {cfg['vus']} VUs, one run each; "
+        "dropped: arrivals k6 could not start for want of a free VU):",
         "",
         "| users | rate req/s | server | achieved req/s | p50 ms | p95 ms | p99 ms | errors "
         "| dropped |",

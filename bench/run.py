@@ -114,8 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--baseline-duration",
         type=int,
-        default=int(env("BENCH_BASELINE_DURATION", "10")),
-        help="seconds per run of the write-through comparison (BENCH_BASELINE_DURATION, 10)",
+        default=int(env("BENCH_BASELINE_DURATION", "8")),
+        help="seconds per run of the write-through comparison (BENCH_BASELINE_DURATION, 8)",
     )
     p.add_argument(
         "--baseline-rates",
