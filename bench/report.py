@@ -335,9 +335,10 @@ def _mixed(r: dict[str, Any]) -> list[str]:
 def render(r: dict[str, Any]) -> str:
     """The generated section of docs/benchmarks.md from the results of one run."""
     lines = [*_intro(r), *_table(r), *_drain(r), *_redis(r), *_resources(r), *_targets(r)]
-    lines += [*_baseline(r), *_mixed(r)]
     lines += [
         *_rounds(r),
+        *_baseline(r),
+        *_mixed(r),
         "",
         f"Raw k6 summaries and logs: `{r['results_dir']}` (not committed); the numbers above: "
         "`docs/bench/latest.json`.",
