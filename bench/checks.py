@@ -47,6 +47,12 @@ async def user_counters(settings: Settings, username_prefix: str) -> list[tuple[
         conn.close()
 
 
+async def mysql_total(settings: Settings, username_prefix: str) -> tuple[int, int]:
+    """How many users are named `<prefix>-...`, and the sum of their counters in MySQL."""
+    rows = await user_counters(settings, username_prefix)
+    return len(rows), sum(c for _, c in rows)
+
+
 async def _redis_sum(redis: RedisClient, keys: Keys, ids: list[int]) -> int:
     total = 0
     for start in range(0, len(ids), 1000):

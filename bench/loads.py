@@ -98,10 +98,12 @@ def run_k6(
     log_path: Path,
     timeout_s: float,
     prefix: Sequence[str] = (),
+    options: Sequence[str] = (),
 ) -> K6Run:
     """`k6 run` of k6/<script>; exit code 99 (thresholds crossed) is a result, not an error.
-    `prefix` goes before k6's own command line, e.g. `taskset -c 1` to pin it to a core."""
-    argv = [*prefix, k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report"]
+    `prefix` goes before k6's own command line, e.g. `taskset -c 1` to pin it to a core;
+    `options` are more options of `k6 run`."""
+    argv = [*prefix, k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", *options]
     for key, value in {**env, "SUMMARY_JSON": str(summary_path)}.items():
         argv += ["-e", f"{key}={value}"]
     argv.append(str(K6_DIR / script))

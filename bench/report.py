@@ -207,11 +207,138 @@ def _rounds(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+BASELINE_LABELS = {"write_behind": "write-behind (this service)", "write_through": "write-through"}
+SHAPE_LABELS = {"spread": "1,000 users", "hot": "one hot user"}
+
+
+def _baseline(r: dict[str, Any]) -> list[str]:
+    b = r.get("baseline")
+    if not b:
+        return []
+    cfg = b["config"]
+    rates = (
+        "half and 80 % of the write-through's closed-loop rate on that shape"
+        if cfg["rates"] == "auto"
+        else f"{cfg['rates']} req/s"
+    )
+    lines = [
+        "",
+        "### Write-behind against write-through",
+        "",
+        "`k6/increment.js` against this API (one process, its sync worker running) and "
+        "against the write-through baseline (`bench/writethrough.py`, one process: each "
+        "increment one autocommit UPDATE of its row, `counter = LAST_INSERT_ID(counter + 1)`, "
+        "a commit per increment), every other setting at its default (MYSQL_POOL_SIZE 10); "
+        f"{b['pinning']['text']}, the sync worker, Redis and MariaDB unpinned. "
+        f"{cfg['duration_s']} s per run, the variants taking turns. Closed loop at "
+        f"{cfg['vus']} VUs, {cfg['rounds']} round(s), each variant's best round:",
+        "",
+        "| users | server | increments/s | p50 ms | p99 ms | errors | API CPU ms/increment "
+        "| write-behind / write-through |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for shape, by in b["closed"].items():
+        for v, s in by.items():
+            x = b["speedup"][shape] if v == "write_behind" else None
+            lines.append(
+                f"| {SHAPE_LABELS[shape]} | {BASELINE_LABELS[v]} | {s['rps']:,.0f} "
+                f"| {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | {s['errors']} "
+                f"| {s['api_cpu_ms_per_req']:.3f} | {f'**{x:.2f}x**' if x else ''} |"
+            )
+    every = "; ".join(
+        f"{SHAPE_LABELS[shape]}: "
+        + ", ".join(
+            f"{BASELINE_LABELS[v]} {', '.join(f'{x:,.0f}' for x in rps)}" for v, rps in by.items()
+        )
+        for shape, by in b["closed_rounds"].items()
+    )
+    lines += [
+        "",
+        f"Every closed-loop round (increments/s): {every}.",
+        "",
+        f"At constant arrival rates ({rates}; `RATE`, up to {cfg['vus']} VUs, one run each; "
+        "dropped: arrivals k6 could not start for want of a free VU):",
+        "",
+        "| users | rate req/s | server | achieved req/s | p50 ms | p95 ms | p99 ms | errors "
+        "| dropped |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in b["at_rate"]:
+        for v in BASELINE_LABELS:
+            s = row[v]
+            lines.append(
+                f"| {SHAPE_LABELS[row['shape']]} | {row['rate']:,} | {BASELINE_LABELS[v]} "
+                f"| {s['rps']:,.0f} | {_ms(s['p50_ms'])} | {_ms(s['p95_ms'])} "
+                f"| {_ms(s['p99_ms'])} | {s['errors']} | {s['dropped']} |"
+            )
+    wb = [c for c in b["checks"] if c["variant"] == "write_behind"]
+    wt = [c for c in b["checks"] if c["variant"] == "write_through"]
+    unknown = sum(c["mysql"] - c["acked"] for c in wt)
+    lines += [
+        "",
+        f"Exactness: after each of the {len(wb)} write-behind runs, once drained, MySQL and "
+        "Redis held exactly the increments k6 saw acknowledged: "
+        + ("all OK" if all(c["ok"] for c in wb) else "**MISMATCH**")
+        + f". After each of the {len(wt)} write-through runs MySQL held "
+        + (
+            "exactly the acknowledged increments"
+            if all(c["exact"] for c in wt)
+            else f"{unknown:,} increments more than were acknowledged in all, each answered "
+            "with an error after its commit may have happened"
+            + ("" if all(c["ok"] for c in wt) else " (**and some runs outside that bound**)")
+        )
+        + ".",
+    ]
+    return lines
+
+
+def _mixed(r: dict[str, Any]) -> list[str]:
+    m = r.get("mixed")
+    if not m:
+        return []
+    cfg = m["config"]
+    st = cfg["stages_s"]
+    lines = [
+        "",
+        "### Mixed load: create, increment, count, delete",
+        "",
+        f"`k6/mixed.js`: per iteration a VU creates a user, increments it, reads its count, "
+        f"deletes it, then thinks {cfg['sleep_s']:g} s; VUs ramp from 0 to {cfg['vus']} in "
+        f"{st['ramp_up']} s, hold {st['hold']} s, ramp down in {st['ramp_down']} s. The API "
+        f"as `make run` starts it: {cfg['api']}, plus the sync worker. "
+        f"{m['iterations']:,} iterations, {m['lifecycles_completed']:,} with all four "
+        f"requests answered as expected; {m['checks_failed']} failed checks (a status, or a "
+        "count after one increment that is not 1). Cores busy, on average over the run: API "
+        f"{m['cpu']['api']:.2f}, sync worker {m['cpu']['worker']:.2f}, k6 {m['cpu']['k6']:.2f}.",
+        "",
+        "| operation | requests | failed | error rate | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for op, s in m["by_op"].items():
+        label = "all" if op == "all" else f"`{op}`"
+        lines.append(
+            f"| {label} | {s['requests']:,} | {s['errors']:,} | {s['error_rate'] * 100:.2f} % "
+            f"| {_ms(s['p50_ms'])} | {_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} "
+            f"| {_ms(s['max_ms'])} |"
+        )
+    if m["error_codes"]:
+        lines += ["", "| operation | status | error code | requests |", "|---|---:|---|---:|"]
+        lines += [
+            f"| `{c['op']}` | {c['status']} | `{c['code']}` | {c['count']:,} |"
+            for c in m["error_codes"]
+        ]
+    else:
+        lines += ["", "No request failed."]
+    return lines
+
+
 def render(r: dict[str, Any]) -> str:
     """The generated section of docs/benchmarks.md from the results of one run."""
     lines = [*_intro(r), *_table(r), *_drain(r), *_redis(r), *_resources(r), *_targets(r)]
     lines += [
         *_rounds(r),
+        *_baseline(r),
+        *_mixed(r),
         "",
         f"Raw k6 summaries and logs: `{r['results_dir']}` (not committed); the numbers above: "
         "`docs/bench/latest.json`.",

@@ -5,10 +5,12 @@ was lost, and write docs/benchmarks.md.
 
 Phases, in one run: the `/healthz` ceiling, `increment.js` (then: wait for the drain
 and compare MySQL with the increments k6 saw acknowledged), `read_heavy.js` (the same
-check), redis-benchmark, the drain rate of a worker started on a large backlog, and then
-the Redis modes side by side (bench/redis_modes.py: single server, Sentinel with ACK
-replicas 0 and 1, then Redis Cluster against a single server, on private servers). A
-mismatch, or a phase that cannot run, exits non-zero.
+check), redis-benchmark, the drain rate of a worker started on a large backlog; then the
+increment's tail and cost on one pinned API process (bench/latency.py), the API against
+the write-through design it replaced (bench/baseline.py), the mixed load of existing
+clients (bench/mixed.py), and the Redis modes side by side (bench/redis_modes.py: single
+server, Sentinel with ACK replicas 0 and 1, then Redis Cluster against a single server,
+on private servers). A mismatch, or a phase that cannot run, exits non-zero.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import checks, latency, loads, redis_modes, report, stack
+from bench import baseline, checks, latency, loads, mixed, redis_modes, report, stack
 from counter_svc.connections import mysql_kwargs, open_redis
 from counter_svc.counters import INCREMENT, LIBRARY
 from counter_svc.keys import Keys
@@ -110,6 +112,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=env("BENCH_LATENCY", "1") == "0",
         help="skip the tail-latency phase (bench/latency.py; BENCH_LATENCY=0)",
     )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        default=env("BENCH_BASELINE", "1") == "0",
+        help="skip write-behind against write-through (bench/baseline.py; BENCH_BASELINE=0)",
+    )
+    p.add_argument(
+        "--baseline-duration",
+        type=int,
+        default=int(env("BENCH_BASELINE_DURATION", "8")),
+        help="seconds per run of the write-through comparison (BENCH_BASELINE_DURATION, 8)",
+    )
+    p.add_argument(
+        "--baseline-rates",
+        default=env("BENCH_BASELINE_RATES", "auto"),
+        help="arrival rates of the write-through comparison, e.g. 500,1000; auto: half and "
+        "80%% of the write-through's closed-loop rate (BENCH_BASELINE_RATES)",
+    )
+    p.add_argument(
+        "--no-mixed",
+        action="store_true",
+        default=env("BENCH_MIXED", "1") == "0",
+        help="skip the mixed load (bench/mixed.py, k6/mixed.js; BENCH_MIXED=0)",
+    )
+    p.add_argument(
+        "--mixed-vus",
+        type=int,
+        default=int(env("BENCH_MIXED_VUS", "600")),
+        help="peak VUs of the mixed load (BENCH_MIXED_VUS, 600)",
+    )
+    p.add_argument(
+        "--mixed-ramp",
+        type=int,
+        default=int(env("BENCH_MIXED_RAMP", "60")),
+        help="seconds of the mixed load's ramp from 0 to its peak (BENCH_MIXED_RAMP, 60)",
+    )
+    p.add_argument(
+        "--mixed-hold",
+        type=int,
+        default=int(env("BENCH_MIXED_HOLD", "30")),
+        help="seconds the mixed load holds its peak (BENCH_MIXED_HOLD, 30)",
+    )
+    p.add_argument(
+        "--mixed-down",
+        type=int,
+        default=int(env("BENCH_MIXED_DOWN", "10")),
+        help="seconds of the mixed load's ramp down to 0 (BENCH_MIXED_DOWN, 10)",
+    )
+    p.add_argument(
+        "--mixed-sleep",
+        type=float,
+        default=float(env("BENCH_MIXED_SLEEP", "1")),
+        help="think time of each mixed-load iteration, seconds (BENCH_MIXED_SLEEP, 1)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the database and keys at the end")
     p.add_argument(
         "--api-env",
@@ -123,6 +179,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--api-env takes KEY=VALUE")
     if args.quick:
         args.duration, args.rounds, args.drain_users = 3, 1, min(args.drain_users, 2000)
+        args.baseline_duration = 3
+        args.mixed_ramp, args.mixed_hold, args.mixed_down = 10, 5, 5
+    try:
+        baseline.parse_rates(args.baseline_rates)
+    except ValueError as e:
+        p.error(f"--baseline-rates: {e}")
+    if min(args.baseline_duration, args.mixed_vus, args.mixed_ramp + args.mixed_hold) < 1:
+        p.error("--baseline-duration, --mixed-vus and the mixed load's stages must be positive")
     if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", args.database) or args.database == "usercounter":
         p.error("--database must be letters, digits or '_' and not the service's own database")
     return args
@@ -146,6 +210,10 @@ class Bench:
             total += redis_modes.estimate_s(args)
         if not args.no_latency:
             total += latency.estimate_s(args)
+        if not args.no_baseline:
+            total += baseline.estimate_s(args)
+        if not args.no_mixed:
+            total += mixed.estimate_s(args)
         self.progress = loads.Progress(total)
         self.api: stack.Child | None = None
         self.worker: stack.Child | None = None
@@ -344,6 +412,24 @@ class Bench:
             "worker_mb": round(stack.memory_kb(self.worker.proc.pid).get("VmHWM", 0) / 1024, 1),
         }
 
+    def run_all(self) -> None:
+        """The phases against the bench's API and worker, then, with those stopped, the
+        phases that start servers of their own."""
+        try:
+            self.start()
+            self.run()
+        finally:
+            self.stop()
+        a = self.args
+        if not a.no_baseline:
+            self.out["baseline"] = baseline.run_phase(
+                a, self.settings, self.results / "baseline", self.progress
+            )
+        if not a.no_mixed:
+            self.out["mixed"] = mixed.run_phase(
+                a, self.settings, self.results / "mixed", self.progress
+            )
+
     def run(self) -> None:
         for rnd in range(1, self.args.rounds + 1):
             self.out["rounds"].append({p: self.k6_phase(p, rnd) for p in PHASES})
@@ -400,6 +486,15 @@ def summarize(out: dict[str, Any], args: argparse.Namespace) -> None:
             "measured": f"{len(out['drain_checks'])} checks",
         },
     ]
+
+
+def not_exact(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checks of MySQL against the acknowledged increments that failed."""
+    failed = [d for d in out["drain_checks"] if not d["ok"]]
+    failed += [c for c in out.get("baseline", {}).get("checks", []) if not c["ok"]]
+    if out.get("drain_rate") and not out["drain_rate"]["mysql_ok"]:
+        failed.append(out["drain_rate"])
+    return failed
 
 
 def modes_settings(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -495,13 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         f"results in {results.relative_to(ROOT)}; load average {load_before}"
     )
     try:
-        bench.start()
-        bench.run()
+        bench.run_all()
     except (RuntimeError, TimeoutError, OSError) as e:
         print(f"bench: failed: {e}", file=sys.stderr)
         return 1
-    finally:
-        bench.stop()
     out = bench.out
     out.update(
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -513,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "rounds": args.rounds,
             "drain_users": args.drain_users,
+            "baseline_duration_s": None if args.no_baseline else args.baseline_duration,
+            "mixed_vus": None if args.no_mixed else args.mixed_vus,
             "api_env": args.api_env,
         },
         load_before=load_before,
@@ -532,14 +626,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.progress.say(
             f"target {t['target']}: {t['measured']} — {'met' if t['met'] else 'MISSED'}"
         )
-    mismatches = [d for d in out["drain_checks"] if not d["ok"]]
+    mismatches = not_exact(out)
     try:
         mismatches += side_by_side_phases(args, settings, results, ver, bench.progress)
     except (RuntimeError, TimeoutError, OSError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
-    if out.get("drain_rate") and not out["drain_rate"]["mysql_ok"]:
-        mismatches.append(out["drain_rate"])
     if mismatches:
         print(
             f"bench: FAILED: MySQL does not match the acknowledged increments: {mismatches}",

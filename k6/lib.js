@@ -133,6 +133,20 @@ export function checkStatus(res, op, expected) {
   return check(res, { [`${op} answers ${expected}`]: (r) => r.status === expected }, { op });
 }
 
+// What went wrong with a request, as one short string: the `error` code of a JSON error
+// answer; `no answer: <k6's reason>` when none came (connection refused, timeout);
+// `HTTP <status>` for an answer without the JSON error shape.
+export function errorCode(res) {
+  if (!res.status) return `no answer: ${res.error || `k6 error ${res.error_code}`}`;
+  let code;
+  try {
+    code = res.json('error');
+  } catch (e) {
+    code = undefined;
+  }
+  return typeof code === 'string' && code ? code : `HTTP ${res.status}`;
+}
+
 function fmt(ms) {
   if (ms === undefined) return '-';
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)}s` : `${ms.toFixed(2)}ms`;
