@@ -13,10 +13,9 @@ In one run, on one API process:
    process, the increment's share of `/healthz`, and the API's CPU time per request (the
    process's user + system time over the requests it answered).
 2. Increments at half that capacity as a constant arrival rate over 1,000 users, while the
-   sync worker drains the same users: p50, p99, p99.9 and the maximum, for the worker as
-   it ships (a light pass spread over the interval, SYNC_SPREAD=0.8), for the worker
-   draining every bucket at once (SYNC_SPREAD=0, the burst), and with the worker
-   stopped (SIGSTOP) for the run: what is left of the tail without any drain.
+   sync worker drains the same users: p50, p99, p99.9 and the maximum; then the same
+   with the worker stopped (SIGSTOP) for the run: what is left of the tail without any
+   drain, so the difference is what the drain costs the API's tail.
 After each run MySQL and Redis must hold exactly the increments k6 saw acknowledged.
 """
 
@@ -47,10 +46,9 @@ USERS = 1000
 P99_TARGET_MS = 10.0
 CPU_TARGET_MS = 0.120
 RATIO_TARGET = 0.70
-# Worker variants at the fixed rate: label, environment, stopped for the run.
+# Worker variants at the fixed rate: key, label, environment, stopped for the run.
 WORKERS: tuple[tuple[str, str, dict[str, str], bool], ...] = (
-    ("spread", "worker running, light passes spread (SYNC_SPREAD=0.8, default)", {}, False),
-    ("burst", "worker running, every bucket at once (SYNC_SPREAD=0)", {"SYNC_SPREAD": "0"}, False),
+    ("running", "worker running, draining the same users", {}, False),
     ("stopped", "worker stopped (SIGSTOP) for the run", {}, True),
 )
 

@@ -338,17 +338,14 @@ class Buckets:
             raise
         return replies
 
-    async def busy(self) -> dict[int, int]:
-        """The buckets with dirty or claimed ids, each with its dirty count, plus one when
-        a claimed batch waits in `inflight` (one pipelined round trip)."""
+    async def busy(self) -> list[int]:
+        """The buckets with dirty or claimed ids (one pipelined round trip)."""
         k = self.keys
         pipe = self.redis.pipeline(transaction=False)
         for b in range(k.buckets):
-            pipe.zcard(k.dirty(b))
-            pipe.exists(k.inflight(b))
+            pipe.exists(k.dirty(b), k.inflight(b))
         replies = await self._execute(pipe)
-        work = (replies[2 * b] + replies[2 * b + 1] for b in range(k.buckets))
-        return {b: n for b, n in enumerate(work) if n}
+        return [b for b, found in enumerate(replies) if found]
 
     async def backlog(self) -> Backlog:
         """One pipelined round trip over every bucket. A claimed batch counts from

@@ -122,31 +122,21 @@ class Drainer:
         self.repair = repair
         self.buckets = Buckets(redis, keys, self.token, ack_replicas, ack_timeout_ms)
 
-    async def drain_all(self, concurrency: int, spread_seconds: float = 0.0) -> list[Exception]:
-        """One pass over every bucket with work, `concurrency` at a time. Buckets with a
-        full batch or more start at once; the others start one after another over
-        `spread_seconds`, so that a light pass is a steady trickle of small writes rather
-        than a burst that Redis, MySQL and the API's CPU all feel at once. Returns the
+    async def drain_all(self, concurrency: int) -> list[Exception]:
+        """One pass over every bucket with work, `concurrency` at a time. Returns the
         errors; after the first one, buckets not yet started are left for the next pass."""
         gate = asyncio.Semaphore(concurrency)
         errors: list[Exception] = []
         try:
             # One pipelined look at every bucket: an idle bucket costs no lease, claim and
             # release round trips (four per bucket and pass otherwise).
-            work = await self.buckets.busy()
+            busy = await self.buckets.busy()
         except REDIS_ERRORS:
             # The look failed (a cluster node gone): every bucket, one call at a time,
             # each followed to wherever its slot now lives.
-            work = dict.fromkeys(range(self.keys.buckets), self.batch_size)
-        heavy = [b for b, n in work.items() if n >= self.batch_size]
-        light = [b for b, n in work.items() if n < self.batch_size]
-        spacing = spread_seconds / len(light) if light and spread_seconds > 0 else 0.0
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+            busy = list(range(self.keys.buckets))
 
-        async def one(bucket: int, delay: float) -> None:
-            if delay:
-                await asyncio.sleep(started + delay - loop.time())
+        async def one(bucket: int) -> None:
             async with gate:
                 if errors:
                     return
@@ -155,9 +145,7 @@ class Drainer:
                 except Exception as e:
                     errors.append(e)
 
-        await asyncio.gather(
-            *(one(b, 0.0) for b in heavy), *(one(b, i * spacing) for i, b in enumerate(light))
-        )
+        await asyncio.gather(*(one(b) for b in busy))
         return errors
 
     async def drain_bucket(self, bucket: int) -> int:

@@ -21,9 +21,6 @@ class WorkerSettings:
     batch_size: int = 1000
     lease_seconds: float = 30.0
     concurrency: int = 4
-    # The share of the interval over which a pass starts its light buckets (those with
-    # less than a batch): a steady trickle instead of a burst each interval. 0: at once.
-    spread: float = 0.8
     metrics_port: int = 9100
     health_max_age_seconds: float = 60.0
     liveness_max_age_seconds: float = 60.0
@@ -44,7 +41,6 @@ class WorkerSettings:
             batch_size=read_int(c, "SYNC_BATCH_SIZE", cls.batch_size, 1, 50_000),
             lease_seconds=read_float(c, "SYNC_LEASE_SECONDS", cls.lease_seconds, 1, 3600),
             concurrency=read_int(c, "SYNC_CONCURRENCY", cls.concurrency, 1, 256),
-            spread=read_float(c, "SYNC_SPREAD", cls.spread, 0, 1),
             metrics_port=read_int(c, "SYNC_METRICS_PORT", cls.metrics_port, 0, 65535),
             health_max_age_seconds=read_float(
                 c, "SYNC_HEALTH_MAX_AGE_SECONDS", cls.health_max_age_seconds, 1, 86_400

@@ -84,11 +84,7 @@ class Worker:
             return await self._pass()
 
     async def _pass(self) -> bool:
-        # Spread over the interval while running; the final drain on stop goes at once.
-        spread = 0.0 if self._stop.is_set() else self.settings.spread
-        errors = await self.drainer.drain_all(
-            self.settings.concurrency, spread * self.settings.interval_seconds
-        )
+        errors = await self.drainer.drain_all(self.settings.concurrency)
         try:
             await self.drainer.observe()
         except REDIS_ERRORS as e:

@@ -160,7 +160,6 @@ def worker_env(ws: WorkerSettings, **extra: str) -> dict[str, str]:
         "SYNC_BATCH_SIZE": str(ws.batch_size),
         "SYNC_LEASE_SECONDS": str(ws.lease_seconds),
         "SYNC_CONCURRENCY": str(ws.concurrency),
-        "SYNC_SPREAD": str(ws.spread),
         "SYNC_METRICS_PORT": str(ws.metrics_port),
         "SYNC_HEALTH_MAX_AGE_SECONDS": str(ws.health_max_age_seconds),
         "SYNC_LIVENESS_MAX_AGE_SECONDS": str(ws.liveness_max_age_seconds),

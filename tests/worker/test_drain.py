@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -54,38 +53,6 @@ async def test_drain_writes_redis_values_to_mysql(
     assert await mysql_counters(mysql) == {i: 10 + n + 1 for n, i in enumerate(ids)}
     k = keys_of(settings)
     assert sum([await redis.zcard(k.dirty(b)) for b in range(k.buckets)]) == 0
-
-
-async def test_a_light_pass_is_spread_and_a_full_bucket_goes_first(
-    drainer: Drainer,
-    counters: Counters,
-    mysql: Pool,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Buckets with less than a batch start one after another over the spread, not all
-    at once; a bucket with a full batch starts at once. Every value reaches MySQL."""
-    full = await dirty_in_bucket_zero(mysql, settings, counters, drainer.batch_size)
-    light = await add_users(mysql, 8)  # buckets 1 to 8, one dirty id each
-    for user_id in light:
-        await increment(counters, mysql, user_id)
-    started: dict[int, float] = {}
-    drain_bucket = drainer.drain_bucket
-
-    async def timed(bucket: int) -> int:
-        started[bucket] = time.monotonic()
-        return await drain_bucket(bucket)
-
-    monkeypatch.setattr(drainer, "drain_bucket", timed)
-    t0 = time.monotonic()
-    assert await drainer.drain_all(4, spread_seconds=0.8) == []
-    light_starts = sorted(started[b] - t0 for b in range(1, 9))
-    gaps = [b - a for a, b in itertools.pairwise(light_starts)]
-    print(f"\n[spread 0.8 s] full bucket at {started[0] - t0:.3f} s; light {light_starts}")
-    assert started[0] - t0 < 0.05
-    assert all(gap >= 0.08 for gap in gaps), gaps
-    assert light_starts[-1] >= 0.65
-    assert await mysql_counters(mysql) == dict.fromkeys([*full, *light], 1)
 
 
 async def test_bucket_drains_in_batches_within_one_pass(
