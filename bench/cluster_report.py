@@ -13,7 +13,7 @@ from bench import report, stack
 REPORT = stack.ROOT / "docs" / "benchmarks.md"
 RESULTS_JSON = stack.ROOT / "docs" / "bench" / "redis-cluster.json"
 SECTION = "redis-cluster"
-# The target: the busiest primary serves at most 20 % more than the idlest.
+# The target: the busiest primary serves at most 20 % more than the idlest.
 SPREAD_TARGET = 1.20
 # Cluster sizes the per-primary cost is projected to.
 PROJECTED = (3, 6, 10)

@@ -54,7 +54,7 @@ LABELS = {
     "ack0": "Sentinel, ACK replicas 0",
     "ack1": "Sentinel, ACK replicas 1",
 }
-# The issue's target: ACK replicas 1 costs at most 15 % of ACK replicas 0's throughput.
+# The target: ACK replicas 1 costs at most 15 % of ACK replicas 0's throughput.
 ACK_COST_TARGET = 0.15
 # The flags of every data node besides those PrivateRedis always sets (no AOF, no RDB):
 # as tests/topology.py starts the topology's nodes.
