@@ -34,6 +34,7 @@ SMOKE_ENV: dict[str, dict[str, str]] = {
     "increment.js": {"VUS": "4", "DURATION": "3s", "USERS": "5"},
     "read_heavy.js": {"VUS": "4", "DURATION": "3s", "USERS": "5", "WRITE_PERCENT": "30"},
     "crud.js": {"VUS": "2", "DURATION": "3s", "INCREMENTS": "2"},
+    "mixed.js": {"VUS": "4", "RAMP_UP": "1s", "HOLD": "2s", "RAMP_DOWN": "1s", "SLEEP": "0.1"},
     "spike.js": {
         "BASE_VUS": "1",
         "SPIKE_VUS": "6",
