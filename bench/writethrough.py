@@ -18,17 +18,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from counter_svc.app import http_shell
 from counter_svc.connections import open_mysql
-from counter_svc.errors import HTTP_CODES, ApiError, InvalidIdempotencyKey, UserNotFound
-from counter_svc.errors import error_response as error_json
+from counter_svc.errors import ApiError, InvalidIdempotencyKey, UserNotFound
 from counter_svc.logs import configure_logging
 from counter_svc.metrics import Metrics
-from counter_svc.middleware import middleware_stack
 from counter_svc.routes import (
     create_user,
     get_count,
@@ -110,17 +108,6 @@ async def readyz(request: Request) -> Response:
     return json_response(200, {"status": "ready", "checks": {"mysql": "ok"}})
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_json(exc.status, exc.code, exc.message, exc.headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = HTTP_CODES.get(exc.status_code, "http_error")
-    return error_json(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
-
-
 ROUTES = [
     Route("/api/v1/users", create_user, methods=["POST"]),
     Route("/api/v1/users/{user_id}", user_resource, methods=["GET", "DELETE"]),
@@ -146,16 +133,7 @@ def create_app(settings: Settings) -> Starlette:
             pool.close()
             await pool.wait_closed()
 
-    app = Starlette(
-        routes=ROUTES,
-        middleware=middleware_stack(settings, metrics),
-        lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
-    )
-    app.router.redirect_slashes = False
-    app.state.metrics = metrics
-    app.state.max_body_bytes = settings.max_body_bytes
-    return app
+    return http_shell(settings, metrics, ROUTES, lifespan)
 
 
 def main() -> int:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from counter_svc.connections import REDIS_ERRORS, open_mysql, open_redis
 from counter_svc.counters import Counters
@@ -79,14 +80,26 @@ def create_app(
             pool.close()
             await pool.wait_closed()
 
+    app = http_shell(settings, metrics, ROUTES, lifespan)
+    app.state.backend_gauges = BackendGauges(metrics, settings)  # refreshed by /metrics
+    return app
+
+
+def http_shell(
+    settings: Settings,
+    metrics: Metrics,
+    routes: Sequence[BaseRoute],
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
+) -> Starlette:
+    """The API's HTTP contract around `routes`: the middleware, the JSON error table, no
+    slash redirects. The bench's write-through baseline serves its routes in it too."""
     app = Starlette(
-        routes=ROUTES,
+        routes=routes,
         middleware=middleware_stack(settings, metrics),
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.router.redirect_slashes = False
     app.state.metrics = metrics
-    app.state.backend_gauges = BackendGauges(metrics, settings)  # refreshed by /metrics
     app.state.max_body_bytes = settings.max_body_bytes
     return app
