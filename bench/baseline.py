@@ -148,8 +148,7 @@ class BaselineBench:
         name = f"{LABELS[variant]}, {shape} ({users:,} users), {load}"
         if warm_up:
             name += " (warm-up)"
-        pids = stack.api_pids(server.api)
-        cpu0 = sum(stack.cpu_seconds(p) for p in pids)
+        cpu0 = stack.api_cpu_seconds(server.api)
         with self.progress.phase(name, seconds):
             run = loads.run_k6(
                 "increment.js",
@@ -159,7 +158,7 @@ class BaselineBench:
                 timeout_s=seconds + 300,
                 prefix=self.pinning.prefix(self.pinning.k6_cpu),
             )
-        cpu = sum(stack.cpu_seconds(p) for p in pids) - cpu0
+        cpu = stack.api_cpu_seconds(server.api) - cpu0
         s = loads.stats(run, "op:increment", seconds).as_dict()
         s["api_cpu_ms_per_req"] = round(1000 * cpu / s["requests"], 3) if s["requests"] else 0
         s["dropped"] = loads.counter(run, "dropped_iterations")

@@ -75,7 +75,7 @@ class LatencyBench:
 
     def _api_cpu(self) -> float:
         assert self.api is not None
-        return sum(stack.cpu_seconds(p) for p in stack.api_pids(self.api))
+        return stack.api_cpu_seconds(self.api)
 
     def k6(self, script: str, tag: str, rate: int = 0) -> tuple[loads.K6Run, float]:
         """One k6 run pinned to its core; the API's CPU seconds per second of load.

@@ -83,8 +83,7 @@ def run_variant(
                 "CLEANUP": "false",
                 "USERS": "100",
             }
-            pids = stack.api_pids(api)
-            cpu0 = sum(stack.cpu_seconds(p) for p in pids)
+            cpu0 = stack.api_cpu_seconds(api)
             with progress.phase(f"{v.label}: {phase} (round {rnd})", args.duration):
                 run = loads.run_k6(
                     f"{phase}.js",
@@ -93,7 +92,7 @@ def run_variant(
                     results / f"{phase}-{slug}-r{rnd}.log",
                     args.duration + 300,
                 )
-            cpu = sum(stack.cpu_seconds(p) for p in pids) - cpu0
+            cpu = stack.api_cpu_seconds(api) - cpu0
             s = loads.stats(run, MAIN_TAG[phase], args.duration).as_dict()
             s["api_cpu_ms_per_req"] = round(1000 * cpu / s["requests"], 3) if s["requests"] else 0
             s["k6_cpu_ms_per_req"] = (

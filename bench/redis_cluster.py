@@ -207,8 +207,7 @@ class ClusterBench:
                 "CLEANUP": "false",
                 "USERS": str(users),
             }
-            pids = stack.api_pids(api)
-            api0 = sum(stack.cpu_seconds(p) for p in pids)
+            api0 = stack.api_cpu_seconds(api)
             shards0 = [sample(s.node) for s in v.shards]
             replicas0 = sum(sample(r).cpu_s for r in v.replicas)
             with self.progress.phase(name, seconds):
@@ -222,7 +221,7 @@ class ClusterBench:
                 )
             done = [sample(s.node) - s0 for s, s0 in zip(v.shards, shards0, strict=True)]
             replicas = sum(sample(r).cpu_s for r in v.replicas) - replicas0
-            api_cpu = sum(stack.cpu_seconds(p) for p in pids) - api0
+            api_cpu = stack.api_cpu_seconds(api) - api0
             acked = loads.counter(run, "increments_acked")
             check = asyncio.run(checks.wait_drained(v.settings, tag, acked, 30.0))
             rows = asyncio.run(checks.user_counters(v.settings, tag))

@@ -128,8 +128,7 @@ class ModesBench:
             }
             load = f"at {rate:,} req/s" if rate else f"{a.vus} VUs"
             name = f"{LABELS[variant]}, {load} " + (f"(round {rnd})" if rnd else "(warm-up)")
-            pids = stack.api_pids(api)
-            cpu0 = sum(stack.cpu_seconds(p) for p in pids)
+            cpu0 = stack.api_cpu_seconds(api)
             with self.progress.phase(name, a.duration):
                 run = loads.run_k6(
                     "increment.js",
@@ -139,7 +138,7 @@ class ModesBench:
                     timeout_s=a.duration + 300,
                     prefix=self.pinning.prefix(self.pinning.k6_cpu),
                 )
-            cpu = sum(stack.cpu_seconds(p) for p in pids) - cpu0
+            cpu = stack.api_cpu_seconds(api) - cpu0
             s = loads.stats(run, "op:increment", a.duration).as_dict()
             s["api_cpu_ms_per_req"] = round(1000 * cpu / s["requests"], 3) if s["requests"] else 0
             acked = loads.counter(run, "increments_acked")

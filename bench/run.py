@@ -253,7 +253,7 @@ class Bench:
     def _cpu(self) -> tuple[float, float]:
         assert self.api is not None
         assert self.worker is not None
-        api = sum(stack.cpu_seconds(p) for p in stack.api_pids(self.api))
+        api = stack.api_cpu_seconds(self.api)
         return api, stack.cpu_seconds(self.worker.proc.pid)
 
     # --- phases -----------------------------------------------------------------------

@@ -211,6 +211,11 @@ def api_pids(child: Child) -> list[int]:
     return pids
 
 
+def api_cpu_seconds(child: Child) -> float:
+    """User + system CPU time so far of the API: its process and its uvicorn workers."""
+    return sum(cpu_seconds(p) for p in api_pids(child))
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """Current (VmRSS) and peak (VmHWM) resident memory of a process, in kB."""
     out: dict[str, int] = {}
