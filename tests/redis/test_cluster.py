@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,9 +137,18 @@ async def without_keys(url: str, ids: list[int], per_lane: int) -> dict[int, int
     return {i: acked.get(i, 0) for i in ids}
 
 
-def two_workers(own: Settings) -> list[WorkerProcess]:
+@asynccontextmanager
+async def two_workers(own: Settings) -> AsyncIterator[list[WorkerProcess]]:
+    """Two sync worker processes, started and ready; killed on exit."""
     ws = worker_settings(own, interval_seconds=0.2, lease_seconds=5.0)
-    return [WorkerProcess(replace(ws, worker_id=f"w{n}")) for n in (1, 2)]
+    workers = [WorkerProcess(replace(ws, worker_id=f"w{n}")) for n in (1, 2)]
+    try:
+        for w in workers:
+            await w.await_line('"event":"started"', within=20)
+        yield workers
+    finally:
+        for w in workers:
+            w.kill()
 
 
 @pytest.mark.parametrize("idempotency_keys", [True, False])
@@ -151,10 +160,7 @@ async def test_exact_under_load_with_two_workers(
         ids = await add_users(mysql, USERS)
         per_lane = 60  # 64 x 60 = 3,840 increments: every user about 4 times
         with serving(own, tmp_path / "api.log") as (url, _):
-            workers = two_workers(own)
-            try:
-                for w in workers:
-                    await w.await_line('"event":"started"', within=20)
+            async with two_workers(own) as workers:
                 started = time.monotonic()
                 if idempotency_keys:
                     clients = Clients(url, ids)
@@ -166,9 +172,6 @@ async def test_exact_under_load_with_two_workers(
                 elapsed = time.monotonic() - started
                 in_redis, in_mysql = await drained(own, mysql, ids)
                 assert all(w.proc.poll() is None for w in workers)
-            finally:
-                for w in workers:
-                    w.kill()
     acked = sum(expected.values())
     print(
         f"\n[cluster 3x2, {'with' if idempotency_keys else 'without'} Idempotency-Keys, "
@@ -195,10 +198,7 @@ async def test_resharding_under_load_is_exact(
             target = max(before)
         ids = await add_users(mysql, USERS)
         with serving(own, tmp_path / "api.log") as (url, _):
-            workers = two_workers(own)
-            try:
-                for w in workers:
-                    await w.await_line('"event":"started"', within=20)
+            async with two_workers(own) as workers:
                 clients = Clients(url, ids)
                 load = asyncio.create_task(clients.run(per_lane=60, deadline_s=180))
                 await asyncio.sleep(1.0)
@@ -209,9 +209,6 @@ async def test_resharding_under_load_is_exact(
                 await load
                 in_redis, in_mysql = await drained(own, mysql, ids)
                 assert all(w.proc.poll() is None for w in workers)
-            finally:
-                for w in workers:
-                    w.kill()
     moved = before[source] - after[source]
     print(
         f"\n[cluster 3x2, reshard 2000 slots under load] {moved} buckets moved in "
@@ -294,10 +291,7 @@ async def test_primary_killed_mid_run_is_followed_without_restart(
     with cluster_mode(settings, tmp_path) as (topo, own):
         ids = await add_users(mysql, USERS)
         with serving(own, tmp_path / "api.log") as (url, _):
-            workers = two_workers(own)
-            try:
-                for w in workers:
-                    await w.await_line('"event":"started"', within=20)
+            async with two_workers(own) as workers:
                 clients = Clients(url, ids)
                 load = asyncio.create_task(clients.run(per_lane=60, deadline_s=180))
                 sampler = asyncio.create_task(sample_mysql(mysql, clients, load))
@@ -314,9 +308,6 @@ async def test_primary_killed_mid_run_is_followed_without_restart(
                 in_redis, in_mysql = await drained(own, mysql, ids)
                 spread = buckets_per_primary(topo, own)
                 assert all(w.proc.poll() is None for w in workers), "followed without restart"
-            finally:
-                for w in workers:
-                    w.kill()
     expected = {i: clients.acked.get(i, 0) + again.acked.get(i, 0) for i in ids}
     lost = sum(expected.values()) - sum(in_mysql.values())
     print(
@@ -345,10 +336,7 @@ async def test_primary_killed_mid_run_with_ack_replicas_loses_nothing(
     with cluster_mode(settings, tmp_path, ack_replicas=1) as (topo, own):
         ids = await add_users(mysql, USERS)
         with serving(own, tmp_path / "api.log") as (url, _):
-            workers = two_workers(own)
-            try:
-                for w in workers:
-                    await w.await_line('"event":"started"', within=20)
+            async with two_workers(own) as workers:
                 clients = Clients(url, ids)
                 load = asyncio.create_task(clients.run(per_lane=60, deadline_s=180))
                 sampler = asyncio.create_task(sample_mysql(mysql, clients, load))
@@ -364,9 +352,6 @@ async def test_primary_killed_mid_run_with_ack_replicas_loses_nothing(
                 in_redis, in_mysql = await drained(own, mysql, ids)
                 spread = buckets_per_primary(topo, own)
                 assert all(w.proc.poll() is None for w in workers), "followed without restart"
-            finally:
-                for w in workers:
-                    w.kill()
     expected = clients.expected()
     print(
         f"\n[cluster 3x2, ACK replicas 1, kill -9 primary] failover {failover_s:.2f} s, "
