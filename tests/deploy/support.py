@@ -189,6 +189,24 @@ def render_component_on_base(workdir: Path, component: str) -> tuple[dict[str, A
     return render(overlay)
 
 
+def generated_object(objects: tuple[dict[str, Any], ...], kind: str, prefix: str) -> dict[str, Any]:
+    """The one rendered object of `kind` that kustomize generated as `prefix-<hash>`
+    (a ConfigMap or Secret)."""
+    matches = [
+        o
+        for o in objects
+        if o["kind"] == kind and re.fullmatch(rf"{prefix}-[a-z0-9]+", o["metadata"]["name"])
+    ]
+    assert len(matches) == 1, f"{kind}/{prefix}-*: {len(matches)} found"
+    return matches[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template's spec of a Deployment or StatefulSet."""
+    pod: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return pod
+
+
 def only_object(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
     """The one rendered object of `kind` named `name`."""
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]

@@ -7,7 +7,6 @@ RedisCluster is checked for its names only."""
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,11 @@ from tests.deploy.support import (
     ROOT,
     TEST_ONLY_VARIABLES,
     api_settings,
+    generated_object,
     load_yaml,
     only_object,
     parse_settings,
+    pod_spec,
     render,
     render_component_on_base,
     run,
@@ -55,19 +56,7 @@ def _get(kind: str, name: str, objects: tuple[Obj, ...] | None = None) -> Obj:
 
 
 def _by_prefix(kind: str, prefix: str, objects: tuple[Obj, ...] | None = None) -> Obj:
-    """A generated object (ConfigMap, Secret) whose name is `prefix-<hash>`."""
-    matches = [
-        o
-        for o in (objects if objects is not None else _objects())
-        if o["kind"] == kind and re.fullmatch(rf"{prefix}-[a-z0-9]+", o["metadata"]["name"])
-    ]
-    assert len(matches) == 1, f"{kind}/{prefix}-*: {len(matches)} found"
-    return matches[0]
-
-
-def _pod(workload: Obj) -> Obj:
-    pod: Obj = workload["spec"]["template"]["spec"]
-    return pod
+    return generated_object(objects if objects is not None else _objects(), kind, prefix)
 
 
 def _app_env(container: Obj, objects: tuple[Obj, ...]) -> dict[str, str]:
@@ -87,7 +76,7 @@ def _app_containers(objects: tuple[Obj, ...]) -> list[tuple[str, Obj]]:
     """(workload name, container) of every container that runs the app's image."""
     found = []
     for workload in (o for o in objects if o["kind"] in WORKLOADS):
-        pod = _pod(workload)
+        pod = pod_spec(workload)
         for container in [*pod.get("initContainers", []), *pod["containers"]]:
             if container["image"].split(":")[0].rsplit("/", 1)[-1] == APP_IMAGE:
                 found.append((workload["metadata"]["name"], container))
@@ -139,7 +128,7 @@ def test_the_single_redis_is_gone() -> None:
     assert not [n for k, n in names if k == "ConfigMap" and n.startswith("redis-config")]
     for obj in _objects():
         if obj["kind"] in WORKLOADS:
-            for container in _pod(obj)["containers"]:
+            for container in pod_spec(obj)["containers"]:
                 assert not container["image"].startswith("redis"), obj["metadata"]["name"]
         if obj["kind"] != "Namespace":
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]

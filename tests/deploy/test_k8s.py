@@ -24,9 +24,11 @@ from tests.deploy.support import (
     OVERLAY,
     ROOT,
     TEST_ONLY_VARIABLES,
+    generated_object,
     load_yaml,
     module_help,
     parse_settings,
+    pod_spec,
     python_module_command,
     render,
     routes_served,
@@ -55,17 +57,7 @@ def _get(kind: str, name: str) -> Obj:
 
 
 def _by_prefix(kind: str, prefix: str) -> Obj:
-    """A generated object (ConfigMap, Secret) whose name is `prefix-<hash>`."""
-    matches = [
-        o for o in _objects() if o["kind"] == kind and o["metadata"]["name"].startswith(prefix)
-    ]
-    assert len(matches) == 1, f"{kind}/{prefix}*: {len(matches)} found"
-    return matches[0]
-
-
-def _pod(workload: Obj) -> Obj:
-    pod: Obj = workload["spec"]["template"]["spec"]
-    return pod
+    return generated_object(_objects(), kind, prefix)
 
 
 def _containers(pod: Obj) -> Iterator[Obj]:
@@ -77,7 +69,7 @@ def _app_containers() -> Iterator[tuple[Obj, Obj]]:
     """(pod spec, container) of every container that runs the UserCounter image."""
     for obj in _objects():
         if obj["kind"] in WORKLOADS:
-            pod = _pod(obj)
+            pod = pod_spec(obj)
             for c in _containers(pod):
                 if c["image"].split(":")[0].rsplit("/", 1)[-1] == APP_IMAGE:
                     yield pod, c
@@ -110,7 +102,7 @@ def _named_port(container: Obj, port: str | int) -> int:
 
 def _main(name: str) -> Obj:
     container: Obj
-    (container,) = _pod(_get("Deployment", name))["containers"]
+    (container,) = pod_spec(_get("Deployment", name))["containers"]
     return container
 
 
@@ -176,7 +168,7 @@ def test_api_rollout_and_probes() -> None:
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["path"] in served
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] >= 3
-    spread = _pod(api)["topologySpreadConstraints"]
+    spread = pod_spec(api)["topologySpreadConstraints"]
     assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
     for constraint in spread:
         assert constraint["labelSelector"]["matchLabels"] == api["spec"]["selector"]["matchLabels"]
@@ -213,7 +205,7 @@ def test_probe_and_metrics_ports_are_the_ones_the_settings_listen_on(tmp_path: P
 
 def test_migration_runs_before_the_api_serves() -> None:
     """An init container runs the idempotent `migrate` command of the same image."""
-    pod = _pod(_get("Deployment", "api"))
+    pod = pod_spec(_get("Deployment", "api"))
     (init,) = pod["initContainers"]
     assert init["image"] == _main("api")["image"]
     module, args = python_module_command(init["command"])
@@ -310,9 +302,9 @@ def test_a_password_change_rolls_the_app_but_neither_store(tmp_path: Path) -> No
     name does: changing every password changes the api and sync-worker pod templates (they
     roll) and leaves the mysql and redis ones as they were (neither restarts)."""
     for name in ("mysql", "redis"):
-        assert _secrets_read_by(_pod(_get("StatefulSet", name))) == {STORE_SECRET}
+        assert _secrets_read_by(pod_spec(_get("StatefulSet", name))) == {STORE_SECRET}
     for name in ("api", "sync-worker"):
-        (secret,) = _secrets_read_by(_pod(_get("Deployment", name)))
+        (secret,) = _secrets_read_by(pod_spec(_get("Deployment", name)))
         assert secret.startswith("usercounter-secrets-")
     shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
     env = tmp_path / "k8s" / "overlays" / "dev" / "secrets.dev.env"
@@ -367,7 +359,7 @@ def test_documented_production_overlay_builds(tmp_path: Path) -> None:
         assert decoded == data
     assert STORE_SECRET in {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
     (api,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "api"]
-    assert _pod(api)["containers"][0]["image"].startswith(
+    assert pod_spec(api)["containers"][0]["image"].startswith(
         "registry.example.com/usercounter@sha256:"
     )
 
@@ -375,7 +367,7 @@ def test_documented_production_overlay_builds(tmp_path: Path) -> None:
 def test_only_the_migrate_init_container_gets_mysql_admin_credentials(tmp_path: Path) -> None:
     """migrate runs with MYSQL_ADMIN_USER and the root password; the api and worker run as
     the (least-privilege) service user and never mount the root password."""
-    init = _pod(_get("Deployment", "api"))["initContainers"][0]
+    init = pod_spec(_get("Deployment", "api"))["initContainers"][0]
     migrate = parse_settings(_env(init), tmp_path).base
     assert migrate.mysql_admin_user == "root"
     assert migrate.mysql_user != migrate.mysql_admin_user
@@ -396,7 +388,7 @@ def test_worker_replicas_and_grace_period(tmp_path: Path) -> None:
     worker = _get("Deployment", "sync-worker")
     assert worker["spec"]["replicas"] == 2
     settings = parse_settings(_env(_main("sync-worker")), tmp_path)
-    grace = _pod(worker)["terminationGracePeriodSeconds"]
+    grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace > settings.shutdown_timeout_seconds + 10
 
 
@@ -405,7 +397,7 @@ def test_pods_are_locked_down() -> None:
     for obj in _objects():
         if obj["kind"] not in WORKLOADS:
             continue
-        pod = _pod(obj)
+        pod = pod_spec(obj)
         assert pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] >= 10000
@@ -434,7 +426,7 @@ def test_image_user_matches_the_pod_user() -> None:
     user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")][-1]
     uid, gid = (int(x) for x in user.split(":"))
     for name in ("api", "sync-worker"):
-        sc = _pod(_get("Deployment", name))["securityContext"]
+        sc = pod_spec(_get("Deployment", name))["securityContext"]
         assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, gid)
 
 
@@ -518,11 +510,13 @@ def test_statefulsets_have_headless_services_volumes_and_probes() -> None:
         assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
         assert service["spec"]["ports"][0]["port"] == port
         (claim,) = sts["spec"]["volumeClaimTemplates"]
-        (container,) = _pod(sts)["containers"]
+        (container,) = pod_spec(sts)["containers"]
         assert claim["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert probe in container
-    images = {n: _pod(_get("StatefulSet", n))["containers"][0]["image"] for n in ("mysql", "redis")}
+    images = {
+        n: pod_spec(_get("StatefulSet", n))["containers"][0]["image"] for n in ("mysql", "redis")
+    }
     assert images == {"mysql": "mysql:8.0", "redis": "redis:7.2"}
 
 
@@ -593,7 +587,7 @@ def test_redis_memory_limit_leaves_room_for_the_rewrite_fork() -> None:
     """The container may use twice maxmemory: an AOF rewrite forks, and the pages written
     while it runs are copied and counted against the same limit."""
     (maxmemory,) = _redis_conf()["maxmemory"]
-    (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+    (container,) = pod_spec(_get("StatefulSet", "redis"))["containers"]
     resources = container["resources"]
     limit = _bytes(resources["limits"]["memory"], _K8S_UNITS)
     assert limit >= 2 * _bytes(maxmemory.lower(), _REDIS_UNITS)
@@ -619,7 +613,7 @@ def _redis_as_in_its_pod(tmp_path: Path, secrets: dict[str, str]) -> Iterator[in
     """Run the redis container's start-up script on this machine, with the rendered
     redis.conf and the `secrets` files, their paths moved under `tmp_path`; yield the
     port of the redis-server it starts, and stop it at the end."""
-    (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+    (container,) = pod_spec(_get("StatefulSet", "redis"))["containers"]
     shell, flag, script = container["command"]
     port = free_port()
     for sub in ("secrets", "run", "data"):
@@ -701,7 +695,7 @@ def test_redis_start_script_accepts_the_password_whatever_it_holds(tmp_path: Pat
         written = auth_conf.read_text(encoding="utf-8")
         assert "#not-a-comment" not in written
         assert "old one" not in written
-        (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+        (container,) = pod_spec(_get("StatefulSet", "redis"))["containers"]
         shell, flag, probe = container["readinessProbe"]["exec"]["command"]
         probe = _moved(
             probe, {REDIS_SECRETS: str(tmp_path / "secrets"), "redis-cli": f"redis-cli -p {port}"}
@@ -719,7 +713,7 @@ def test_redis_start_script_drops_the_previous_password_once_it_is_gone(tmp_path
 
 def test_redis_start_script_refuses_an_empty_password(tmp_path: Path) -> None:
     """An empty redis-password stops the start-up script before Redis starts."""
-    (container,) = _pod(_get("StatefulSet", "redis"))["containers"]
+    (container,) = pod_spec(_get("StatefulSet", "redis"))["containers"]
     shell, flag, script = container["command"]
     (tmp_path / "redis-password").write_text("\n", encoding="utf-8")
     script = _moved(

@@ -27,8 +27,10 @@ from tests.deploy.support import (
     APP_IMAGE,
     ROOT,
     TEST_ONLY_VARIABLES,
+    generated_object,
     only_object,
     parse_settings,
+    pod_spec,
     render,
     render_component_on_base,
     strict_schema_errors,
@@ -53,24 +55,12 @@ def _get(kind: str, name: str, objects: tuple[Obj, ...] | None = None) -> Obj:
 
 
 def _by_prefix(kind: str, prefix: str) -> Obj:
-    """A generated object (ConfigMap, Secret) whose name is `prefix-<hash>`."""
-    matches = [
-        o
-        for o in _objects()
-        if o["kind"] == kind and re.fullmatch(rf"{prefix}-[a-z0-9]+", o["metadata"]["name"])
-    ]
-    assert len(matches) == 1, f"{kind}/{prefix}-*: {len(matches)} found"
-    return matches[0]
-
-
-def _pod(workload: Obj) -> Obj:
-    pod: Obj = workload["spec"]["template"]["spec"]
-    return pod
+    return generated_object(_objects(), kind, prefix)
 
 
 def _container(workload: Obj) -> Obj:
     container: Obj
-    (container,) = _pod(workload)["containers"]
+    (container,) = pod_spec(workload)["containers"]
     return container
 
 
@@ -108,7 +98,7 @@ def _sentinel_mode_containers() -> Iterator[tuple[Obj, Obj]]:
     """(pod spec, container) of the api and sync-worker main containers."""
     for name in ("api", "sync-worker"):
         deployment = _get("Deployment", name)
-        yield _pod(deployment), _container(deployment)
+        yield pod_spec(deployment), _container(deployment)
 
 
 def _conf(text: str) -> list[list[str]]:
@@ -178,7 +168,7 @@ def test_three_pods_each_with_headless_service_pdb_and_probes(name: str, port: i
 
 
 def _anti_affinity_terms(sts: Obj) -> tuple[list[Obj], list[Obj]]:
-    anti = _pod(sts)["affinity"]["podAntiAffinity"]
+    anti = pod_spec(sts)["affinity"]["podAntiAffinity"]
     required = anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
     preferred = [
         t["podAffinityTerm"]
@@ -231,7 +221,7 @@ def test_data_nodes_persist_by_aof_and_refuse_writes_without_a_replica() -> None
     sts = _get("StatefulSet", "redis-data")
     container, env = _container(sts), _plain_env(_container(sts))
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in _pod(sts)["volumes"]}
+    volumes = {v["name"]: v for v in pod_spec(sts)["volumes"]}
     base_dir, base_file = env["BASE_CONF"].rsplit("/", 1)
     config_map = volumes[mounts[base_dir]]["configMap"]["name"]
     base = dict((d[0], d[1:]) for d in _conf(_get("ConfigMap", config_map)["data"][base_file]))
@@ -298,7 +288,7 @@ def test_sentinels_write_their_config_to_an_emptydir() -> None:
     run_dir = _plain_env(container)["RUN_DIR"]
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == run_dir]
     assert not mount.get("readOnly")
-    volumes = {v["name"]: v for v in _pod(sts)["volumes"]}
+    volumes = {v["name"]: v for v in pod_spec(sts)["volumes"]}
     assert "emptyDir" in volumes[mount["name"]]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert 'exec redis-server "$RUN_DIR/sentinel.conf" --sentinel' in _ha_file("redis-ha.sh")
@@ -308,7 +298,7 @@ def test_redis_pods_are_locked_down() -> None:
     """As the base Redis: non-root, seccomp RuntimeDefault, read-only root, no
     capabilities, no service account token, requests and limits."""
     for name in ("redis-data", "redis-sentinel"):
-        pod = _pod(_get("StatefulSet", name))
+        pod = pod_spec(_get("StatefulSet", name))
         assert pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] >= 10000
@@ -350,7 +340,10 @@ def test_app_env_parses_with_the_real_settings(tmp_path: Path) -> None:
     every variable is one the code reads."""
     known = variables_read_by_code()
     for workload in (o for o in _objects() if o["kind"] in WORKLOADS):
-        for container in [*_pod(workload).get("initContainers", []), *_pod(workload)["containers"]]:
+        for container in [
+            *pod_spec(workload).get("initContainers", []),
+            *pod_spec(workload)["containers"],
+        ]:
             if container["image"].split(":")[0].rsplit("/", 1)[-1] != APP_IMAGE:
                 continue
             env = _app_env(container)
@@ -392,7 +385,7 @@ def test_stores_read_the_fixed_name_secret_with_fake_dev_values() -> None:
     store = _get("Secret", STORE_SECRET)
     for name in ("redis-data", "redis-sentinel"):
         names = set()
-        for volume in _pod(_get("StatefulSet", name))["volumes"]:
+        for volume in pod_spec(_get("StatefulSet", name))["volumes"]:
             for source in volume.get("projected", {}).get("sources", []):
                 names.add(source["secret"]["name"])
                 for item in source["secret"]["items"]:
